@@ -1,0 +1,1 @@
+"""The `weightbank` / `wb` command line (click)."""

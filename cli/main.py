@@ -1,0 +1,270 @@
+"""`weightbank` commands. Heavy modules are imported inside commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from .output import human_bytes, print_json, print_table
+
+
+class UserFacingError(click.ClickException):
+    """One line on stderr, exit status 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class WeightbankGroup(click.Group):
+    """Turns weightbank's own errors and filesystem errors into one clear line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from weightbank.registry.errors import WeightbankError
+
+        try:
+            return super().invoke(ctx)
+        except WeightbankError as exc:
+            raise UserFacingError(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise UserFacingError(f"{exc.strerror or exc}{where}") from None
+
+
+def registry(ctx: click.Context) -> Any:
+    """The Registry for this invocation, made on first use."""
+    state = ctx.find_root().obj
+    if "registry" not in state:
+        from weightbank.registry import Registry
+        from weightbank.registry.progress import progress_wanted
+
+        state["registry"] = Registry(state["store"], progress=progress_wanted(state["quiet"]))
+    return state["registry"]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group(cls=WeightbankGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    envvar="WEIGHTBANK_HOME",
+    metavar="PATH|URL",
+    help="Store location: a folder or fsspec URL [env WEIGHTBANK_HOME; default ~/.cache/weightbank].",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.version_option(package_name="weightbank")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, quiet: bool) -> None:
+    """Content-addressed registry of model weight banks."""
+    ctx.obj = {"store": store, "quiet": quiet}
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Ref name to record the bank under (next version).")
+@click.option("--base", metavar="REF", help="Adapters: the base bank the adapter was trained on.")
+@click.option("-m", "--message", default="", help="A note for the log.")
+@click.option("--rehash", is_flag=True, help="Re-read weight files even if unchanged since they were last ingested.")
+@json_option
+@click.pass_context
+def ingest(
+    ctx: click.Context, folder: Path, name: str, base: str | None, message: str, rehash: bool, as_json: bool
+) -> None:
+    """Ingest a Hugging Face model folder or a PEFT adapter folder (auto-detected)."""
+    result = registry(ctx).ingest(folder, name, base=base, message=message, rehash=rehash)
+    if as_json:
+        print_json(result)
+        return
+    from weightbank.registry.digest import short
+
+    what = (
+        f"{result.bank_type}: {result.tensors} tensors, {result.files} files, {human_bytes(result.total_bytes)}; "
+        f"{result.new_objects} new objects ({human_bytes(result.new_bytes)})"
+    )
+    state = "unchanged" if result.unchanged else "ingested"
+    click.echo(f"{state} {result.name}@v{result.version} {short(result.digest)} — {what}")
+    for skipped in result.skipped:
+        click.echo(f"  skipped {skipped}", err=True)
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard base models above this size.")
+@json_option
+@click.pass_context
+def export(ctx: click.Context, ref: str, out_dir: Path, max_shard_size: str, as_json: bool) -> None:
+    """Write a base or adapter bank as a folder from_pretrained loads."""
+    result = registry(ctx).export(ref, out_dir, max_shard_size=max_shard_size)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"exported {result.bank_type} bank {ref} to {result.out_dir} "
+        f"({len(result.weight_files)} weight files, {result.files} files, {human_bytes(result.bytes)})"
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show the manifest a ref names."""
+    reg = registry(ctx)
+    digest = reg.resolve(ref)
+    manifest = reg.show(digest)
+    if as_json:
+        print_json({"digest": digest, "manifest": manifest})
+        return
+    click.echo(f"{digest}  {manifest['kind']}" + (f" ({manifest['type']})" if "type" in manifest else ""))
+    if manifest["kind"] != "bank":
+        print_json(manifest)
+        return
+    size = sum(t["bytes"] for t in manifest["tensors"].values())
+    click.echo(f"tensors     {len(manifest['tensors'])} ({human_bytes(size)}), {manifest['parameters']:,} parameters")
+    click.echo(f"files       {', '.join(sorted(manifest['files'])) or '-'}")
+    for parent in manifest["provenance"]["parents"]:
+        click.echo(f"parent      {parent['role']}: {parent['digest']}")
+    activity = manifest["provenance"]["activity"]
+    click.echo(f"made by     {activity['operator']} ({activity['tool']}), {activity['agent']}, {activity['time']}")
+    if activity.get("message"):
+        click.echo(f"message     {activity['message']}")
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def log(ctx: click.Context, name: str, as_json: bool) -> None:
+    """History of a ref, oldest first."""
+    entries = registry(ctx).log(name)
+    if as_json:
+        print_json(entries)
+        return
+    from weightbank.registry.digest import short
+
+    print_table([[f"v{e.version}", short(e.target), e.time, e.agent, e.action, e.message] for e in entries])
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def refs(ctx: click.Context, as_json: bool) -> None:
+    """List ref names with their latest version."""
+    heads = registry(ctx).refs()
+    if as_json:
+        print_json(heads)
+        return
+    from weightbank.registry.digest import short
+
+    print_table([[e.name, f"v{e.version}", short(e.target), e.time] for e in heads])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--to", "version", required=True, type=click.IntRange(min=1), help="The version to restore.")
+@click.option("-m", "--message", default="", help="A note for the log.")
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, version: int, message: str, as_json: bool) -> None:
+    """Append a version of NAME that points where version --to pointed."""
+    entry = registry(ctx).rollback(name, version, message=message)
+    if as_json:
+        print_json(entry)
+        return
+    click.echo(f"{entry.name}@v{entry.version} -> {entry.target} (rolled back to v{version})")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "prov"]), default="text", show_default=True)
+@json_option
+@click.pass_context
+def lineage(ctx: click.Context, ref: str, fmt: str, as_json: bool) -> None:
+    """Provenance graph of a bank: a tree, JSON, Graphviz dot or W3C PROV-JSON."""
+    from weightbank.registry import provenance
+
+    graph = registry(ctx).lineage(ref)
+    fmt = "json" if as_json else fmt
+    if fmt == "json":
+        print_json(provenance.to_json(graph))
+    elif fmt == "prov":
+        print_json(provenance.to_prov(graph))
+    elif fmt == "dot":
+        click.echo(provenance.render_dot(graph))
+    else:
+        click.echo(provenance.render_text(graph))
+
+
+def _report(report: Any, as_json: bool, what: str) -> None:
+    if as_json:
+        print_json(report.to_json())
+    elif report.ok:
+        click.echo(f"ok: {what} — {report.manifests} manifests, {report.objects} objects verified")
+    else:
+        for problem in report.problems:
+            click.echo(f"BAD {problem}")
+    if not report.ok:
+        click.echo(f"error: {len(report.problems)} problem(s) found in {what}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("ref")
+@json_option
+@click.pass_context
+def audit(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Re-verify a bank's whole closure; exit 1 naming every bad bank, tensor or object."""
+    _report(registry(ctx).audit(ref), as_json, ref)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def fsck(ctx: click.Context, as_json: bool) -> None:
+    """Verify every ref, manifest and object in the store."""
+    _report(registry(ctx).fsck(), as_json, "store")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Keep unreachable data younger than this many seconds (a concurrent ingest may be about to name it).",
+)
+@json_option
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, grace: float, as_json: bool) -> None:
+    """Remove objects and manifests that no version of any ref reaches."""
+    report = registry(ctx).gc(dry_run=dry_run, grace_seconds=grace)
+    if as_json:
+        print_json(report.to_json())
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(report.objects)} objects, {len(report.manifests)} manifests, "
+        f"{len(report.temporaries)} temporary files ({human_bytes(report.bytes)})"
+        + (f"; kept {report.kept_young} younger than the grace period" if report.kept_young else "")
+    )
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where to put the demo's folders.")
+@click.pass_context
+def demo(ctx: click.Context, workdir: Path | None) -> None:
+    """Walk through weightbank on a tiny Llama made on the spot (no downloads)."""
+    from .demo import run_demo
+
+    run_demo(registry(ctx), workdir)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="weightbank")

@@ -1,0 +1,38 @@
+"""The weight-bank registry: content-addressed objects, MES v1 manifests, versioned refs.
+
+Start with `Registry`; the modules below it each hold one concept
+(`objects`, `manifests`, `refs`, `provenance`, `ingest`, `export`, `audit`, `gc`).
+"""
+
+from .audit import CheckReport, Problem
+from .banks import Bank, FileRecord, Parent, TensorRecord
+from .errors import ConflictError, InputError, IntegrityError, NotFoundError, SchemaError, WeightbankError
+from .export import ExportResult
+from .gc import GcReport
+from .ingest import IngestResult
+from .provenance import Lineage
+from .refs import RefEntry
+from .registry import Registry
+from .store import Store
+
+__all__ = [
+    "Bank",
+    "CheckReport",
+    "ConflictError",
+    "ExportResult",
+    "FileRecord",
+    "GcReport",
+    "IngestResult",
+    "InputError",
+    "IntegrityError",
+    "Lineage",
+    "NotFoundError",
+    "Parent",
+    "Problem",
+    "RefEntry",
+    "Registry",
+    "SchemaError",
+    "Store",
+    "TensorRecord",
+    "WeightbankError",
+]

@@ -1,0 +1,164 @@
+"""Integrity checks: `audit` re-verifies one bank's closure, `fsck` the whole store.
+
+Both re-hash every object they reach, validate every manifest and ref entry against its
+schema, check that tensor objects hold the dtype and shape their manifest claims, and
+that every parent is present. Problems are collected, not raised, so one run names them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .banks import Bank
+from .digest import short
+from .errors import WeightbankError
+from .provenance import parents_of
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing found wrong: what (`subject`) and why (`detail`)."""
+
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.detail}"
+
+
+@dataclass
+class CheckReport:
+    """The outcome of an audit or fsck."""
+
+    manifests: int = 0
+    objects: int = 0
+    refs: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "manifests": self.manifests,
+            "objects": self.objects,
+            "refs": self.refs,
+            "problems": [{"subject": p.subject, "detail": p.detail} for p in self.problems],
+        }
+
+
+class _Checker:
+    """Verifies manifests and objects, each at most once, recording problems."""
+
+    def __init__(self, store: Store, names: dict[str, list[str]]) -> None:
+        self.store = store
+        self.names = names
+        self.report = CheckReport()
+        self.checked_objects: dict[str, bool] = {}
+        self.checked_manifests: set[str] = set()
+
+    def label(self, digest: str) -> str:
+        names = self.names.get(digest)
+        return f"manifest {digest}" + (f" ({', '.join(names)})" if names else "")
+
+    def verify_object(self, digest: str) -> bool:
+        if digest not in self.checked_objects:
+            try:
+                self.store.objects.verify(digest)
+                self.checked_objects[digest] = True
+            except WeightbankError as exc:
+                self.checked_objects[digest] = False
+                self.report.problems.append(Problem(f"object {digest}", str(exc)))
+            self.report.objects += 1
+        return self.checked_objects[digest]
+
+    def check_manifest(self, digest: str, role: str = "") -> list[str]:
+        """Verify one manifest and its objects; return its parents' digests."""
+        if digest in self.checked_manifests:
+            return []
+        self.checked_manifests.add(digest)
+        self.report.manifests += 1
+        subject = self.label(digest)
+        try:
+            document = self.store.manifests.get(digest)
+        except WeightbankError as exc:
+            detail = f"missing parent ({role})" if role and not self.store.manifests.has(digest) else str(exc)
+            self.report.problems.append(Problem(subject, detail))
+            return []
+        if document["kind"] == "bank":
+            self._check_bank(Bank(digest, document), subject)
+        return [parent["digest"] for parent in parents_of(document)]
+
+    def _check_bank(self, bank: Bank, subject: str) -> None:
+        for name, record in bank.tensors.items():
+            if not self.verify_object(record.digest):
+                self.report.problems.append(Problem(subject, f"tensor {name!r}: object {short(record.digest)} is bad"))
+                continue
+            try:
+                entry = self.store.objects.tensor_entry(record.digest)
+            except WeightbankError as exc:
+                self.report.problems.append(Problem(subject, f"tensor {name!r}: {exc}"))
+                continue
+            if (entry.dtype, entry.shape, entry.nbytes) != (record.dtype, record.shape, record.bytes):
+                self.report.problems.append(
+                    Problem(
+                        subject,
+                        f"tensor {name!r}: object holds {entry.dtype}{list(entry.shape)}, manifest says "
+                        f"{record.dtype}{list(record.shape)}",
+                    )
+                )
+        for path, file_record in bank.files.items():
+            if not self.verify_object(file_record.digest):
+                self.report.problems.append(
+                    Problem(subject, f"file {path!r}: object {short(file_record.digest)} is bad")
+                )
+
+    def walk(self, roots: list[str]) -> None:
+        pending = [(digest, "") for digest in roots]
+        while pending:
+            digest, role = pending.pop()
+            parents = self.check_manifest(digest, role)
+            pending.extend((parent, "parent") for parent in parents)
+
+
+def _names_by_target(store: Store) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for name in store.refs.names():
+        for version in store.refs.versions(name):
+            try:
+                entry = store.refs.get(name, version)
+            except WeightbankError:
+                continue
+            names.setdefault(entry.target, []).append(f"{name}@v{version}")
+    return names
+
+
+def audit(store: Store, ref: str) -> CheckReport:
+    """Re-verify everything `ref` depends on: its manifest, parents, and all their objects."""
+    root = store.resolve(ref)
+    checker = _Checker(store, _names_by_target(store))
+    checker.walk([root])
+    return checker.report
+
+
+def fsck(store: Store) -> CheckReport:
+    """Verify the whole store: every ref entry, manifest and object."""
+    checker = _Checker(store, _names_by_target(store))
+    for name in store.refs.names():
+        for version in store.refs.versions(name):
+            checker.report.refs += 1
+            try:
+                entry = store.refs.get(name, version)
+            except WeightbankError as exc:
+                checker.report.problems.append(Problem(f"ref {name}@v{version}", str(exc)))
+                continue
+            if not store.manifests.has(entry.target):
+                checker.report.problems.append(Problem(f"ref {name}@v{version}", f"target {entry.target} is missing"))
+    checker.walk(list(store.manifests))
+    for digest in store.objects:
+        checker.verify_object(digest)
+    return checker.report

@@ -1,0 +1,330 @@
+"""Where a store's bytes live: a local folder, or any fsspec filesystem.
+
+A backend offers the few primitives the store needs, over paths relative to its root:
+atomic writes (readers never see a partial file), create-only writes (the compare-and-swap
+under every ref update), reads, listing and removal.
+
+The local backend uses `os` directly because fsspec's local filesystem offers neither
+fsync nor an atomic create-only rename; everything else goes through fsspec.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+from .file_range import FileRange, write_all
+
+if TYPE_CHECKING:
+    import fsspec
+
+Chunk = bytes | bytearray | memoryview | FileRange
+Chunks = Iterable[Chunk]
+TEMP_PREFIX = ".tmp-"
+
+
+class Backend(Protocol):
+    """The storage primitives a store is built on. Paths are relative POSIX paths.
+
+    `write_atomic` is `stage` (bytes written under a temporary name in `folder`) followed
+    by `publish` (made durable, then given their name); the two halves exist so a caller
+    can write bytes while it is still computing the name (the digest) they will get.
+    """
+
+    url: str
+
+    def read_bytes(self, path: str) -> bytes: ...
+    def open_read(self, path: str) -> BinaryIO: ...
+    def local_path(self, path: str) -> str | None: ...
+    def size(self, path: str) -> int: ...
+    def exists(self, path: str) -> bool: ...
+    def write_atomic(self, path: str, chunks: Chunks) -> None: ...
+    def stage(self, chunks: Chunks, folder: str) -> Any: ...
+    def publish(self, staged: Any, path: str) -> None: ...
+    def discard(self, staged: Any) -> None: ...
+    def create_exclusive(self, path: str, data: bytes) -> None: ...
+    def list_dir(self, path: str) -> list[str]: ...
+    def walk(self, path: str) -> Iterator[str]: ...
+    def remove(self, path: str) -> None: ...
+    def modified(self, path: str) -> float: ...
+    def batch(self) -> AbstractContextManager[None]: ...
+
+
+def _temp_name(path: str) -> str:
+    head, _, tail = path.rpartition("/")
+    return f"{head}/{TEMP_PREFIX}{tail}.{uuid.uuid4().hex}" if head else f"{TEMP_PREFIX}{tail}.{uuid.uuid4().hex}"
+
+
+class LocalBackend:
+    """A store in a local folder: fsynced temp files, atomic renames, O_EXCL-style links."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+        # While batching: final path -> the temporary file that will be published under it.
+        self._pending: dict[str, Path] | None = None
+
+    def _full(self, path: str) -> Path:
+        return self.root / path
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._full(path).read_bytes()
+
+    def open_read(self, path: str) -> BinaryIO:
+        return open(self._full(path), "rb")
+
+    def local_path(self, path: str) -> str | None:
+        return str(self._full(path))
+
+    def size(self, path: str) -> int:
+        return self._full(path).stat().st_size
+
+    def exists(self, path: str) -> bool:
+        return (self._pending is not None and path in self._pending) or self._full(path).is_file()
+
+    def stage(self, chunks: Chunks, folder: str) -> Path:
+        """Write `chunks` to a new temporary file in `folder` (not synced)."""
+        directory = self._full(folder)
+        directory.mkdir(parents=True, exist_ok=True)
+        temp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            for chunk in chunks:
+                if isinstance(chunk, FileRange):
+                    chunk.copy_into(fd)
+                else:
+                    write_all(fd, chunk)
+        except BaseException:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return temp
+
+    def publish(self, staged: Path, path: str) -> None:
+        """fsync, rename to `path`, fsync the folder; inside `batch()`, deferred to its end."""
+        final = self._full(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if self._pending is not None:
+            self._pending[path] = staged
+            return
+        self._fsync(staged)
+        os.replace(staged, final)
+        self._fsync(final.parent)
+
+    def discard(self, staged: Path) -> None:
+        staged.unlink(missing_ok=True)
+
+    def write_atomic(self, path: str, chunks: Chunks) -> None:
+        self.publish(self.stage(chunks, path.rpartition("/")[0]), path)
+
+    @staticmethod
+    def _fsync(path: Path) -> None:
+        """fsync a file, or a folder (making the renames in it durable)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group many atomic writes: inside the block each is written under its temporary
+        name only; on a clean exit all are made durable with one filesystem sync (Linux
+        `syncfs`; elsewhere one fsync each) and then renamed into place. A name is never
+        published before its bytes are on disk; if the block fails, nothing is published
+        and the temporary files are removed."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = {}
+        pending = self._pending
+        try:
+            yield
+        except BaseException:
+            for temp in pending.values():
+                temp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._pending = None
+        self._sync_all(pending.values())
+        for path, temp in pending.items():
+            os.replace(temp, self._full(path))
+        self._sync_all(self._full(path).parent for path in pending)
+
+    def _sync_all(self, paths: Iterable[Path]) -> None:
+        """Make files (or folders, after renames) durable: one syncfs, or fsync each."""
+        if _syncfs(self.root):
+            return
+        for path in set(paths):
+            self._fsync(path)
+
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        temp = self.stage([data], path.rpartition("/")[0])
+        try:
+            self._fsync(temp)
+            # link() fails with EEXIST if the name exists: atomic create-only publication.
+            os.link(temp, self._full(path))
+        finally:
+            temp.unlink()
+        self._fsync(temp.parent)
+
+    def list_dir(self, path: str) -> list[str]:
+        folder = self._full(path)
+        if not folder.is_dir():
+            return []
+        return sorted(name for name in os.listdir(folder) if not name.startswith(TEMP_PREFIX))
+
+    def walk(self, path: str) -> Iterator[str]:
+        top = self._full(path)
+        for folder, _dirs, files in os.walk(top):
+            rel = Path(folder).relative_to(self.root).as_posix()
+            for name in sorted(files):
+                yield f"{rel}/{name}"
+
+    def remove(self, path: str) -> None:
+        self._full(path).unlink(missing_ok=True)
+
+    def modified(self, path: str) -> float:
+        return self._full(path).stat().st_mtime
+
+
+class FsspecBackend:
+    """A store on any fsspec filesystem (memory://, s3://, …).
+
+    Object stores that publish a PUT only once it is complete (S3) are written in place;
+    others are written under a temporary name and moved.
+    """
+
+    _ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs"})
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        self._atomic_put = bool(protocols & self._ATOMIC_PUT_PROTOCOLS)
+
+    def _full(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(self._full(path))
+
+    def open_read(self, path: str) -> BinaryIO:
+        return self.fs.open(self._full(path), "rb")
+
+    def local_path(self, path: str) -> str | None:
+        return None
+
+    def size(self, path: str) -> int:
+        return int(self.fs.size(self._full(path)))
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.isfile(self._full(path)))
+
+    def stage(self, chunks: Chunks, folder: str) -> list[bytes | bytearray | memoryview]:
+        """Nothing is written until `publish` knows the name; file ranges are read now."""
+        return [chunk.read() if isinstance(chunk, FileRange) else chunk for chunk in chunks]
+
+    def publish(self, staged: list[bytes | bytearray | memoryview], path: str) -> None:
+        target = self._full(path) if self._atomic_put else self._full(_temp_name(path))
+        with self.fs.open(target, "wb") as out:
+            for chunk in staged:
+                out.write(chunk)
+        if not self._atomic_put:
+            self.fs.mv(target, self._full(path))
+
+    def discard(self, staged: list[bytes | bytearray | memoryview]) -> None:
+        staged.clear()
+
+    def write_atomic(self, path: str, chunks: Chunks) -> None:
+        self.publish(self.stage(chunks, path.rpartition("/")[0]), path)
+
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        # Mode "xb" is create-only: a conditional PUT (If-None-Match) on S3.
+        with self.fs.open(self._full(path), "xb") as out:
+            out.write(data)
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self._full(path), detail=False)
+        except FileNotFoundError:
+            return []
+        names = (entry.rstrip("/").rpartition("/")[2] for entry in entries)
+        return sorted(name for name in names if not name.startswith(TEMP_PREFIX))
+
+    def walk(self, path: str) -> Iterator[str]:
+        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+        try:
+            found = self.fs.find(self._full(path))
+        except FileNotFoundError:
+            return
+        for full in sorted(found):
+            yield full[len(prefix) :] if full.startswith(prefix) else full
+
+    def remove(self, path: str) -> None:
+        self.fs.rm_file(self._full(path))
+
+    def modified(self, path: str) -> float:
+        info = self.fs.info(self._full(path))
+        for key in ("mtime", "created", "LastModified", "last_modified"):
+            value = info.get(key)
+            if value is not None:
+                return value.timestamp() if hasattr(value, "timestamp") else float(value)
+        return 0.0
+
+    def batch(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _syncfs(folder: Path) -> bool:
+    """Flush every dirty page of the filesystem holding `folder` (Linux syncfs(2)).
+
+    Python's os module has no syncfs; one call replaces an fsync per object, which on ext4
+    forces a journal commit each time. Returns False where syncfs is unavailable."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "syncfs"):
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs failed: {os.strerror(ctypes.get_errno())}", str(folder))
+    finally:
+        os.close(fd)
+    return True
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def open_backend(url: str | Path) -> Backend:
+    """The backend for a store URL or path: local folders get `LocalBackend`."""
+    text = str(url)
+    if not _URL.match(text):
+        return LocalBackend(text)
+    import fsspec  # only stores given by URL need it
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(text)
+    if isinstance(fs, LocalFileSystem):
+        return LocalBackend(root)
+    return FsspecBackend(fs, root, text)

@@ -1,0 +1,176 @@
+"""The object store: immutable blobs named by the BLAKE3 digest of their bytes.
+
+Two kinds of object share one namespace (`objects/<2 hex>/<64 hex>`):
+- tensor objects, canonical single-tensor safetensors files (see `safetensors_format`);
+- file objects, the raw bytes of tokenizer files, configs and the like.
+
+Writers hash first and write only what is missing, through the backend's atomic write, so a
+digest never names a partial blob. Readers verify the digest of everything they return.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .backends import TEMP_PREFIX, Backend, Chunk
+from .digest import PREFIX, digest_bytes, digest_file, hex_of, is_digest
+from .errors import IntegrityError, NotFoundError
+from .file_range import FileRange, write_all
+from .safetensors_format import TensorEntry, canonical_header, read_canonical_entry
+
+Buffer = bytes | bytearray | memoryview
+OBJECTS_DIR = "objects"
+
+
+def _check(digest: str, actual: str) -> None:
+    if actual != digest:
+        raise IntegrityError(f"object {digest} is corrupt: its bytes hash to {actual}")
+
+
+def object_path(digest: str) -> str:
+    """Store path of an object: sharded by the first two hex digits."""
+    hex_digest = hex_of(digest)
+    return f"{OBJECTS_DIR}/{hex_digest[:2]}/{hex_digest}"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What a write did: the digest, the object's size, and whether it was new to the store."""
+
+    digest: str
+    size: int
+    created: bool
+
+
+class ObjectStore:
+    """Content-addressed blobs on a backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def has(self, digest: str) -> bool:
+        return self.backend.exists(object_path(digest))
+
+    def size(self, digest: str) -> int:
+        return self.backend.size(object_path(digest))
+
+    def put(self, data: Buffer) -> PutResult:
+        """Store a file object (hashed first; written only when missing)."""
+        digest = digest_bytes(data)
+        if self.has(digest):
+            return PutResult(digest, len(data), created=False)
+        self.backend.write_atomic(object_path(digest), [data])
+        return PutResult(digest, len(data), created=True)
+
+    def put_tensor(
+        self, dtype: str, shape: tuple[int, ...], data: Buffer | FileRange, copier: Executor | None = None
+    ) -> PutResult:
+        """Store a tensor's raw little-endian bytes (in memory, or a range of a local file)
+        as a canonical tensor object.
+
+        With a `copier` thread, the bytes are copied to a temporary file while they are
+        hashed (the name is only known after), and the copy is dropped if the store
+        already has the object; without one, hashing comes first and only missing
+        objects are written.
+        """
+        header = canonical_header(dtype, shape)
+        parts: list[Chunk] = [header, data]
+        size = len(header) + len(data)
+        staged = copier.submit(self.backend.stage, parts, OBJECTS_DIR) if copier is not None else None
+        if isinstance(data, FileRange):
+            with data.view() as view:
+                digest = digest_bytes(header, view)
+        else:
+            digest = digest_bytes(header, data)
+        if self.has(digest):
+            if staged is not None:
+                self.backend.discard(staged.result())
+            return PutResult(digest, size, created=False)
+        path = object_path(digest)
+        if staged is None:
+            self.backend.write_atomic(path, parts)
+        else:
+            self.backend.publish(staged.result(), path)
+        return PutResult(digest, size, created=True)
+
+    def _missing(self, digest: str) -> NotFoundError:
+        return NotFoundError(f"object {digest} is missing from the store at {self.backend.url}")
+
+    def read(self, digest: str) -> bytes:
+        """The object's bytes, verified against its digest."""
+        try:
+            data = self.backend.read_bytes(object_path(digest))
+        except FileNotFoundError:
+            raise self._missing(digest) from None
+        _check(digest, digest_bytes(data))
+        return data
+
+    def verify(self, digest: str) -> None:
+        """Re-hash a stored object; raise IntegrityError/NotFoundError if it is not intact."""
+        local = self.local_path(digest)
+        if local is None:
+            self.read(digest)
+            return
+        try:
+            _check(digest, digest_file(local))
+        except FileNotFoundError:
+            raise self._missing(digest) from None
+
+    def local_path(self, digest: str) -> str | None:
+        """Path of the object on local disk (for memory-mapping), or None on remote stores."""
+        return self.backend.local_path(object_path(digest))
+
+    def tensor_entry(self, digest: str) -> TensorEntry:
+        """dtype and shape of a tensor object, read from its header (not verified)."""
+        with self._open(digest) as stream:
+            entry, _ = read_canonical_entry(stream, self.size(digest), f"object {digest}")
+        return entry
+
+    def copy_tensor_data(self, digest: str, out_fd: int, copier: Executor | None = None) -> TensorEntry:
+        """Append a tensor object's data section to the open file `out_fd`, verifying the
+        whole object against its digest.
+
+        Local objects are hashed from a memory map and copied by the kernel; with a `copier`
+        thread the copy runs while the hash is computed, so bytes may reach `out_fd` before
+        IntegrityError is raised: write into a temporary file and drop it on error.
+        """
+        local = self.local_path(digest)
+        if local is None:
+            data = self.read(digest)
+            entry, data_start = read_canonical_entry(io.BytesIO(data), len(data), f"object {digest}")
+            write_all(out_fd, memoryview(data)[data_start:])
+            return entry
+        with self._open(digest) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            entry, data_start = read_canonical_entry(stream, size, f"object {digest}")
+            payload = FileRange(stream.fileno(), data_start, entry.nbytes)
+            copied = copier.submit(payload.copy_into, out_fd) if copier is not None else None
+            with FileRange(stream.fileno(), 0, size).view() as whole:
+                actual = digest_bytes(whole)
+            if copied is not None:
+                copied.result()
+            _check(digest, actual)
+            if copied is None:
+                payload.copy_into(out_fd)
+        return entry
+
+    def _open(self, digest: str) -> BinaryIO:
+        try:
+            return self.backend.open_read(object_path(digest))
+        except FileNotFoundError:
+            raise self._missing(digest) from None
+
+    def __iter__(self) -> Iterator[str]:
+        """Digests of every object in the store."""
+        for path in self.backend.walk(OBJECTS_DIR):
+            name = path.rpartition("/")[2]
+            if not name.startswith(TEMP_PREFIX) and is_digest(PREFIX + name):
+                yield PREFIX + name
+
+    def remove(self, digest: str) -> None:
+        self.backend.remove(object_path(digest))

@@ -1,0 +1,127 @@
+"""PEFT LoRA adapters as saved by `PeftModel.save_pretrained`: key layout and fit checks.
+
+Saved keys are `base_model.model.<module path>.<part>`, the adapter name stripped:
+- `lora_A.weight` (r, in), `lora_B.weight` (out, r), `lora_B.bias` (out,) with `lora_bias`;
+- `lora_embedding_A` (r, num_embeddings), `lora_embedding_B` (embedding_dim, r);
+- `lora_magnitude_vector` (out,) with DoRA;
+- `<module>.base_layer.<param>` and plain `<path>`: whole tensors that replace the base's
+  (`modules_to_save`, saved embedding layers).
+GPT-2's Conv1D stores weights as (in, out): PEFT marks those adapters `fan_in_fan_out`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InputError
+
+KEY_PREFIX = "base_model.model."
+LORA_PARTS = {
+    "lora_A.weight": "lora_A",
+    "lora_B.weight": "lora_B",
+    "lora_B.bias": "lora_B_bias",
+    "lora_embedding_A": "lora_embedding_A",
+    "lora_embedding_B": "lora_embedding_B",
+    "lora_magnitude_vector": "magnitude",
+    "lora_magnitude_vector.weight": "magnitude",
+}
+
+
+@dataclass(frozen=True)
+class AdapterKey:
+    """What one saved adapter tensor is: a LoRA part of `module`, or a replacement of `target`."""
+
+    key: str
+    module: str
+    part: str  # lora_A, lora_B, lora_B_bias, lora_embedding_A, lora_embedding_B, magnitude, replace
+    target: str  # the base tensor it applies to
+
+
+def classify_key(key: str) -> AdapterKey:
+    """Parse one key of an adapter_model.safetensors."""
+    if not key.startswith(KEY_PREFIX):
+        raise InputError(f"adapter tensor {key!r} does not start with {KEY_PREFIX!r}: not a PEFT adapter key")
+    path = key[len(KEY_PREFIX) :]
+    for suffix, part in LORA_PARTS.items():
+        if path.endswith("." + suffix):
+            module = path[: -len(suffix) - 1]
+            return AdapterKey(key, module, part, f"{module}.weight")
+    if ".base_layer." in path:
+        module, _, param = path.rpartition(".base_layer.")
+        return AdapterKey(key, module, "replace", f"{module}.{param}")
+    module = path.rpartition(".")[0]
+    return AdapterKey(key, module, "replace", path)
+
+
+def check_lora_config(peft_config: Mapping[str, Any], source: str) -> None:
+    """Only LoRA adapters are adapter banks."""
+    peft_type = peft_config.get("peft_type")
+    if peft_type != "LORA":
+        raise InputError(f"{source}: peft_type {peft_type!r} is not supported; adapter banks hold LoRA adapters")
+    if not isinstance(peft_config.get("r"), int) or peft_config["r"] < 1:
+        raise InputError(f"{source}: adapter_config.json has no valid rank 'r'")
+
+
+def check_fits_base(
+    adapter: Mapping[str, tuple[int, ...]],
+    base: Mapping[str, tuple[int, ...]],
+    peft_config: Mapping[str, Any],
+    base_label: str,
+) -> None:
+    """Every adapted module must exist in the base with shapes the LoRA factors agree with.
+
+    `adapter` and `base` map tensor names to shapes. Raises InputError listing every misfit.
+    """
+    transposed = bool(peft_config.get("fan_in_fan_out"))
+    problems: list[str] = []
+    parts: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in adapter.items():
+        info = classify_key(key)
+        if info.target not in base:
+            problems.append(f"{info.key} needs {info.target}, which {base_label} does not have")
+        elif info.part == "replace":
+            if tuple(base[info.target]) != tuple(shape):
+                problems.append(f"{info.key} has shape {list(shape)} but {info.target} is {list(base[info.target])}")
+        else:
+            parts.setdefault(info.module, {})[info.part] = tuple(shape)
+    for module, found in parts.items():
+        weight = f"{module}.weight"
+        if weight not in base:
+            continue
+        problems.extend(_factor_misfits(module, found, tuple(base[weight]), transposed))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise InputError(f"adapter does not fit {base_label}: {'; '.join(problems[:3])}{more}")
+
+
+def _factor_misfits(
+    module: str, found: Mapping[str, tuple[int, ...]], weight: tuple[int, ...], transposed: bool
+) -> list[str]:
+    if len(weight) != 2:
+        return [f"{module}.weight has shape {list(weight)}; LoRA needs a 2-D weight"]
+    if "lora_embedding_A" in found or "lora_embedding_B" in found:
+        num, dim = weight
+        want = {"lora_embedding_A": (None, num), "lora_embedding_B": (dim, None)}
+    else:
+        out_features, in_features = (weight[1], weight[0]) if transposed else weight
+        want = {"lora_A": (None, in_features), "lora_B": (out_features, None)}
+    problems = []
+    ranks = set()
+    for part, (rows, cols) in want.items():
+        shape = found.get(part)
+        if shape is None:
+            problems.append(f"{module} has no {part}")
+            continue
+        if len(shape) != 2 or (rows is not None and shape[0] != rows) or (cols is not None and shape[1] != cols):
+            problems.append(f"{module}.{part} has shape {list(shape)}, which does not fit weight {list(weight)}")
+            continue
+        ranks.add(shape[1] if rows is not None else shape[0])
+    if len(ranks) > 1:
+        problems.append(f"{module}: lora_A and lora_B disagree on the rank ({sorted(ranks)})")
+    out_dim = weight[1] if (transposed or "lora_embedding_A" in found) else weight[0]
+    for part in ("lora_B_bias", "magnitude"):
+        if part in found and found[part] != (out_dim,):
+            problems.append(f"{module}.{part} has shape {list(found[part])}, expected [{out_dim}]")
+    return problems

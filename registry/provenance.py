@@ -1,0 +1,233 @@
+"""Provenance: who made each bank, from what, with which operator.
+
+Every bank manifest carries `provenance.parents` (digest + role) and
+`provenance.activity` (operator, parameters, tool, time, agent). This module makes those
+activity records and walks parents into a lineage graph, rendered as a text tree, JSON,
+Graphviz dot, or W3C PROV-JSON.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .digest import short
+from .errors import WeightbankError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+ENV_AGENT = "WEIGHTBANK_AGENT"
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with a Z suffix, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def current_agent() -> str:
+    """`$WEIGHTBANK_AGENT`, else `user@host`."""
+    agent = os.environ.get(ENV_AGENT)
+    if agent:
+        return agent
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def tool_version() -> str:
+    from weightbank import __version__
+
+    return f"weightbank {__version__}"
+
+
+def new_activity(operator: str, parameters: dict[str, Any], message: str = "") -> dict[str, Any]:
+    """An activity record for a bank manifest."""
+    activity: dict[str, Any] = {
+        "operator": operator,
+        "parameters": parameters,
+        "tool": tool_version(),
+        "time": utc_now(),
+        "agent": current_agent(),
+    }
+    if message:
+        activity["message"] = message
+    return activity
+
+
+def parents_of(document: dict[str, Any]) -> list[dict[str, str]]:
+    """The manifests a manifest was made from, as `{"digest", "role"}` records."""
+    return list(document.get("provenance", {}).get("parents", []))
+
+
+@dataclass
+class LineageNode:
+    """A manifest in a lineage graph. `manifest` is None when it is missing or unreadable."""
+
+    digest: str
+    manifest: dict[str, Any] | None
+    names: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.manifest is None:
+            return f"{short(self.digest)} ({self.problem})"
+        kind = self.manifest.get("type", self.manifest["kind"])
+        names = f" [{', '.join(self.names)}]" if self.names else ""
+        activity = self.manifest.get("provenance", {}).get("activity")
+        made = f" — {activity['operator']} by {activity['agent']} at {activity['time']}" if activity else ""
+        return f"{short(self.digest)} {kind}{names}{made}"
+
+    @property
+    def parents(self) -> list[dict[str, str]]:
+        return [] if self.manifest is None else parents_of(self.manifest)
+
+
+@dataclass
+class Lineage:
+    """The provenance DAG reachable from `root` through parents."""
+
+    root: str
+    nodes: dict[str, LineageNode]
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """(child, parent, role) triples."""
+        return [(d, p["digest"], p["role"]) for d, node in self.nodes.items() for p in node.parents]
+
+
+def build_lineage(store: Store, root: str) -> Lineage:
+    """Walk parents from `root`; missing or unreadable manifests become nodes with a problem."""
+    names_by_target: dict[str, list[str]] = {}
+    for name in store.refs.names():
+        for entry in store.refs.history(name):
+            names_by_target.setdefault(entry.target, []).append(f"{name}@v{entry.version}")
+    nodes: dict[str, LineageNode] = {}
+    pending = [root]
+    while pending:
+        digest = pending.pop()
+        if digest in nodes:
+            continue
+        try:
+            manifest: dict[str, Any] | None = store.manifests.get(digest)
+            problem = None
+        except WeightbankError as exc:
+            manifest, problem = None, str(exc)
+        node = LineageNode(digest, manifest, names_by_target.get(digest, []), problem)
+        nodes[digest] = node
+        pending.extend(parent["digest"] for parent in node.parents)
+    return Lineage(root, nodes)
+
+
+def render_text(lineage: Lineage) -> str:
+    """An indented tree; a node reached twice is printed once and referred to after."""
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def visit(digest: str, prefix: str, connector: str, role: str) -> None:
+        node = lineage.nodes[digest]
+        role_text = f"{role}: " if role else ""
+        again = digest in seen
+        lines.append(f"{prefix}{connector}{role_text}{node.label if not again else short(digest) + ' (see above)'}")
+        if again:
+            return
+        seen.add(digest)
+        child_prefix = prefix + ("" if not connector else ("    " if connector.startswith("└") else "│   "))
+        parents = node.parents
+        for i, parent in enumerate(parents):
+            last = i == len(parents) - 1
+            visit(parent["digest"], child_prefix, "└── " if last else "├── ", parent["role"])
+
+    visit(lineage.root, "", "", "")
+    return "\n".join(lines)
+
+
+def to_json(lineage: Lineage) -> dict[str, Any]:
+    """Nodes and edges as plain data."""
+    nodes = []
+    for digest, node in lineage.nodes.items():
+        item: dict[str, Any] = {"digest": digest, "names": node.names}
+        if node.manifest is None:
+            item["problem"] = node.problem
+        else:
+            item["kind"] = node.manifest["kind"]
+            item["type"] = node.manifest.get("type")
+            item["activity"] = node.manifest.get("provenance", {}).get("activity")
+        nodes.append(item)
+    edges = [{"child": c, "parent": p, "role": r} for c, p, r in lineage.edges()]
+    return {"root": lineage.root, "nodes": nodes, "edges": edges}
+
+
+def render_dot(lineage: Lineage) -> str:
+    """Graphviz: children point at their parents, edges labelled by role."""
+    lines = ["digraph lineage {", "  rankdir=BT;", "  node [shape=box, fontname=monospace];"]
+    for digest, node in lineage.nodes.items():
+        style = ", style=dashed, color=red" if node.manifest is None else ""
+        lines.append(f"  {json.dumps(digest)} [label={json.dumps(node.label)}{style}];")
+    for child, parent, role in lineage.edges():
+        lines.append(f"  {json.dumps(child)} -> {json.dumps(parent)} [label={json.dumps(role)}];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def to_prov(lineage: Lineage) -> dict[str, Any]:
+    """W3C PROV-JSON: manifests are entities, the activities that made them activities,
+    agents the people or services that ran them."""
+    prefix = {"wb": "https://weightbank.dev/ns#", "blake3": "urn:blake3:"}
+    entity: dict[str, Any] = {}
+    activity: dict[str, Any] = {}
+    agent: dict[str, Any] = {}
+    generated: dict[str, Any] = {}
+    used: dict[str, Any] = {}
+    derived: dict[str, Any] = {}
+    associated: dict[str, Any] = {}
+    for digest, node in lineage.nodes.items():
+        entity_id = "blake3:" + digest.split(":", 1)[1]
+        attributes: dict[str, Any] = {"wb:names": node.names}
+        if node.manifest is None:
+            entity[entity_id] = {**attributes, "wb:problem": node.problem}
+            continue
+        entity[entity_id] = {**attributes, "wb:kind": node.manifest["kind"], "wb:type": node.manifest.get("type", "")}
+        made = node.manifest.get("provenance", {}).get("activity")
+        if made is None:
+            continue
+        activity_id = f"wb:activity-{digest.split(':', 1)[1][:16]}"
+        activity[activity_id] = {
+            "prov:type": f"wb:{made['operator']}",
+            "prov:endTime": made["time"],
+            "wb:tool": made["tool"],
+            "wb:parameters": json.dumps(made["parameters"], sort_keys=True),
+        }
+        agent_id = f"wb:agent-{made['agent']}"
+        agent[agent_id] = {"prov:type": "prov:Person", "prov:label": made["agent"]}
+        generated[f"_:gen-{activity_id}"] = {"prov:entity": entity_id, "prov:activity": activity_id}
+        associated[f"_:assoc-{activity_id}"] = {"prov:activity": activity_id, "prov:agent": agent_id}
+        for parent in node.parents:
+            parent_id = "blake3:" + parent["digest"].split(":", 1)[1]
+            used[f"_:use-{activity_id}-{parent_id}"] = {
+                "prov:activity": activity_id,
+                "prov:entity": parent_id,
+                "prov:role": f"wb:{parent['role']}",
+            }
+            derived[f"_:der-{entity_id}-{parent_id}"] = {
+                "prov:generatedEntity": entity_id,
+                "prov:usedEntity": parent_id,
+                "prov:activity": activity_id,
+            }
+    return {
+        "prefix": prefix,
+        "entity": entity,
+        "activity": activity,
+        "agent": agent,
+        "wasGeneratedBy": generated,
+        "used": used,
+        "wasDerivedFrom": derived,
+        "wasAssociatedWith": associated,
+    }

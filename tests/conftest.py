@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny real models on disk, stores, and a CLI runner."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import transformers
+
+from weightbank.composer.tiny_models import save_tiny_model
+
+from helpers import Cli
+
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`tiny_folders(family, seed=0, **config)` → a saved model folder, made once per session."""
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str, seed: int = 0, max_shard_size: str = "5GB", **overrides: object) -> Path:
+        key = (family, seed, max_shard_size, tuple(sorted(overrides.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"{family}-s{seed}")
+            cache[key] = save_tiny_model(family, folder, seed, max_shard_size=max_shard_size, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture
+def copy_folder(tmp_path: Path) -> Callable[[Path], Path]:
+    """A writable copy of a folder, for tests that change or break it."""
+
+    def copy(source: Path, name: str = "copy") -> Path:
+        target = tmp_path / name
+        shutil.copytree(source, target)
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def wb(store_dir: Path) -> Cli:
+    return Cli(store_dir)
