@@ -9,7 +9,6 @@ object only if the store lacks it. Peak memory is about the largest tensor.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from .banks import Bank, FileRecord, Parent, TensorRecord, content_of, new_bank_
 from .errors import InputError
 from .file_range import FileRange
 from .hash_cache import HashCache, file_identity
+from .json_input import parse_json_object
 from .names import check_ref_name, check_relative_path
 from .objects import PutResult
 from .peft_adapter import check_fits_base, check_lora_config
@@ -133,13 +133,7 @@ def _weight_files(root: Path, top: dict[str, Path], kind: str) -> list[str]:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: {what} is not a JSON object")
-    return document
+    return parse_json_object(path.read_bytes(), str(path), what)
 
 
 def _index_map(index_path: Path) -> dict[str, str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import InputError
+from .json_input import parse_json_object
 from .names import check_tensor_name
 
 # Byte width of every dtype safetensors can store whole-byte elements of.
@@ -77,13 +78,7 @@ def read_header(stream: BinaryIO, file_size: int, source: str) -> SafetensorsHea
         raise InputError(f"{source}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + header_len > file_size:
         raise InputError(f"{source}: header length {header_len} runs past the end of the {file_size}-byte file")
-    raw = stream.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{source}: header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{source}: header is not a JSON object")
+    header = parse_json_object(stream.read(header_len), source, "header")
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (
         isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
