@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .banks import Bank, FileRecord, Parent, TensorRecord, content_of, new_bank_manifest
+from .checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, WEIGHTS, WEIGHTS_INDEX
 from .errors import InputError
 from .file_range import FileRange
 from .hash_cache import HashCache, file_identity
@@ -29,11 +30,6 @@ from .provenance import new_activity
 from .safetensors_format import SafetensorsHeader, TensorEntry, read_header
 from .store import Store
 
-MODEL_CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Other serialisations of the same weights: never stored, listed as skipped.
 FOREIGN_WEIGHT_SUFFIXES = (".h5", ".msgpack", ".onnx", ".gguf", ".ot", ".tflite")

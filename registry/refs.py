@@ -119,6 +119,8 @@ class RefStore:
         try:
             data = self.backend.read_bytes(path)
         except FileNotFoundError:
+            if not self.versions(name):
+                raise NotFoundError(f"no ref named {name!r}") from None
             raise NotFoundError(f"ref {name}@v{version} does not exist") from None
         what = f"ref entry {name}@v{version}"
         try:

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from .audit import CheckReport, audit, fsck
-from .export import DEFAULT_MAX_SHARD_SIZE, ExportResult, export_bank
+from .checkpoints import DEFAULT_MAX_SHARD_SIZE
+from .export import ExportResult, export_bank
 from .gc import DEFAULT_GRACE_SECONDS, GcReport, collect_garbage
 from .ingest import IngestResult, ingest_folder
 from .provenance import Lineage, build_lineage

@@ -45,3 +45,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     if check and result.returncode != 0:
         raise AssertionError(f"weightbank {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
+
+
+def make_lora(base_folder: Path, out: Path, seed: int = 0, **config: object) -> Path:
+    """A real PEFT LoRA adapter for the model in `base_folder`, with random (non-zero) factors;
+    DoRA magnitudes are perturbed too so that the fold is not the identity."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_folder)
+    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **config))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name or ("lora_B" in name and name.endswith("bias")):
+                param.mul_(1 + 0.2 * torch.rand_like(param)).add_(0.01)
+    peft_model.save_pretrained(out)
+    return out

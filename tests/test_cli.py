@@ -59,4 +59,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "demo-llama@v1" in out and "demo-llama@v2 (1 new object" in out
     assert "same as v1: True" in out
     assert "logits max-abs diff vs the original: 0.0" in out
+    assert "registered demo-merged@v1" in out
+    assert "verify against PEFT's merge_and_unload: max-abs logits diff 0 (ok)" in out
+    assert "├── adapter:" in out or "└── adapter:" in out
     assert "audit: ok" in out

@@ -21,6 +21,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Registry": "weightbank.registry",
     "WeightbankError": "weightbank.registry",
+    "compose": "weightbank.composer",
+    "plan": "weightbank.composer",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,110 @@
+"""The composer's Python API."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel
+
+from weightbank.registry.checkpoints import DEFAULT_MAX_SHARD_SIZE, MODEL_CONFIG
+from weightbank.registry.export import write_files
+from weightbank.registry.store import Store
+
+from .build import build_model
+from .executor import Executor
+from .hf_model import config_object
+from .plan import Plan, make_plan
+from .verify import DEFAULT_TOLERANCE, VerifyReport, verify
+from .write import ComposeResult, write_composition
+
+Spec = str | Path | dict[str, Any]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+def _store(store: str | Path | Store | None) -> Store:
+    return store if isinstance(store, Store) else Store(store)
+
+
+def plan(spec: Spec, *, dtype: str | None = None, store: str | Path | Store | None = None) -> Plan:
+    """Validate a composition and plan every tensor, reading no tensor data.
+
+    Example:
+        >>> p = plan("my-model@v1")                    # doctest: +SKIP
+        >>> p.summary()["bytes_read"]                  # doctest: +SKIP
+    """
+    return make_plan(_store(store), spec, dtype=dtype)
+
+
+def compose(
+    spec: Spec, *, device: str | torch.device = "cpu", dtype: str | None = None, store: str | Path | Store | None = None
+) -> tuple[PreTrainedModel, Any]:
+    """Build the model a composition describes, tensor by tensor, on `device`
+    (`cpu`, `cuda`, `cuda:N`, or `auto` to spread it with accelerate), in `dtype`.
+
+    `spec` is a composition manifest (dict, or a JSON/YAML file) or a bank ref. Returns the
+    model (in eval mode) and the base bank's tokenizer (None if it has none).
+
+    Example:
+        >>> spec = {"mes_version": "1", "base": "llama@v1", "steps": [{"op": "adapter.lora", "bank": "my-lora"}]}
+        >>> model, tokenizer = compose(spec, device="cuda", dtype="bfloat16")  # doctest: +SKIP
+    """
+    resolved = _store(store)
+    the_plan = make_plan(resolved, spec, dtype=dtype)
+    model = build_model(the_plan, Executor(resolved, "cpu" if device == "auto" else device), device)
+    return model, load_tokenizer(resolved, the_plan)
+
+
+def write(
+    spec: Spec,
+    *,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    dtype: str | None = None,
+    message: str = "",
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    store: str | Path | Store | None = None,
+    show_progress: bool = False,
+) -> ComposeResult:
+    """Stream a composition to a from_pretrained folder (`out_dir`) and/or register it as
+    bank `name`, never holding the whole model in memory."""
+    resolved = _store(store)
+    the_plan = make_plan(resolved, spec, dtype=dtype)
+    return write_composition(
+        resolved, the_plan, out_dir=out_dir, name=name, message=message, max_shard_size=max_shard_size,
+        show_progress=show_progress,
+    )  # fmt: skip
+
+
+def save_model(model: PreTrainedModel, the_plan: Plan, store: Store, out_dir: str | Path) -> None:
+    """A model composed on a device, saved with save_pretrained plus the base's other files."""
+    from weightbank.registry.checkpoints import staged_folder
+
+    with staged_folder(Path(out_dir)) as folder:
+        model.save_pretrained(folder)
+        missing = {path: record for path, record in the_plan.files.items() if not (folder / path).exists()}
+        write_files(store, missing, folder, lambda _n: None)
+
+
+def load_tokenizer(store: Store, the_plan: Plan) -> Any:
+    """The base bank's tokenizer, or None if it has no tokenizer files."""
+    if not any(name in the_plan.files for name in TOKENIZER_FILES):
+        return None
+    with tempfile.TemporaryDirectory(prefix="weightbank-tokenizer-") as scratch:
+        folder = Path(scratch)
+        write_files(store, the_plan.files, folder, lambda _n: None)
+        (folder / MODEL_CONFIG).write_text(config_object(the_plan.config).to_json_string())
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def verify_composition(
+    spec: Spec,
+    *,
+    against: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    store: str | Path | Store | None = None,
+) -> VerifyReport:
+    """Compare the composed model with its oracle; see `weightbank.composer.verify`."""
+    return verify(_store(store), spec, against=against, tolerance=tolerance)

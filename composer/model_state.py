@@ -1,0 +1,48 @@
+"""What operators see and return: the model as a config plus one task per tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from weightbank.registry.banks import Bank, TensorRecord
+
+from .tasks import Load, Task
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The model between two steps: its Hugging Face config (a plain dict) and, for every
+    checkpoint tensor, the task that computes it."""
+
+    config: dict[str, Any]
+    tensors: dict[str, Task]
+
+
+class PlanProblem(Exception):
+    """Raised by an operator with every problem it found in its step."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+class BankSource(Protocol):
+    """How an operator reaches banks: resolving a ref records the bank as an input."""
+
+    def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank: ...
+
+    @property
+    def base(self) -> Bank: ...
+
+
+def load(record: TensorRecord) -> Load:
+    """The task that reads a stored tensor."""
+    return Load(record.digest, record.dtype, record.shape)
+
+
+def check_parameters(step: dict[str, Any], allowed: set[str]) -> None:
+    """Refuse parameters the operator does not know (typos would otherwise be ignored)."""
+    unknown = sorted(set(step) - allowed - {"op"})
+    if unknown:
+        raise PlanProblem(f"unknown parameter(s) {', '.join(unknown)} (accepted: {', '.join(sorted(allowed))})")

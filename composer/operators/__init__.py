@@ -1,0 +1,34 @@
+"""Composer operators, by name.
+
+Each operator is one module with
+- `NAME`, the name steps use (`op: adapter.lora`);
+- `apply(state, step, source) -> ModelState`: a pure function from the model description
+  (config + one task per tensor) to the new description — no tensor data is touched;
+- `oracle(model, step, context) -> model`: what the reference implementation (the peer:
+  PEFT for adapters, the unchanged model for function-preserving growth) computes for the
+  step, used by `weightbank verify`.
+Adding an operator touches its own file and one line here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from transformers import PreTrainedModel
+
+from ..model_state import BankSource, ModelState
+from ..oracle import OracleContext
+from . import lora
+
+
+class Operator(Protocol):
+    NAME: str
+
+    def apply(self, state: ModelState, step: dict[str, Any], source: BankSource) -> ModelState: ...
+
+    def oracle(self, model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel: ...
+
+
+OPERATORS: dict[str, Operator] = {
+    lora.NAME: lora,
+}

@@ -1,0 +1,236 @@
+"""`adapter.lora`: merge PEFT LoRA adapters into the weights, exactly as PEFT does.
+
+    - op: adapter.lora
+      bank: my-lora@v2          # one adapter…
+      weight: 1.0
+    - op: adapter.lora
+      adapters:                 # …or several, summed: ΔW = Σ weightᵢ · scaleᵢ · Bᵢ Aᵢ
+        - {bank: math@v1, weight: 0.7}
+        - {bank: code@v1, weight: 0.3}
+      check_base: true          # refuse adapters recorded against another base (default)
+
+Per adapted module (PEFT semantics): scale = lora_alpha / r, or lora_alpha / √r with rsLoRA,
+alpha and r looked up in `alpha_pattern` / `rank_pattern` the way PEFT matches them;
+ΔW = B @ A (transposed for `fan_in_fan_out`, i.e. GPT-2's Conv1D); embedding LoRA
+ΔW = (B @ A)ᵀ; `lora_bias` adds scale · lora_B.bias to the bias; DoRA folds the magnitude,
+W' = m / ‖W + ΔW‖ · (W + ΔW) with norms per output feature; `modules_to_save` and saved
+base layers replace the tensor. Several adapters in one step give the exact sum of their
+weighted deltas — what PEFT's `add_weighted_adapter(combination_type="cat")` merges. PEFT's
+`linear` combination averages the A and B factors separately, which adds cross terms
+(B₁A₂…), so it is not the sum of the adapters and is not offered.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from weightbank.registry.banks import Bank
+from weightbank.registry.errors import InputError
+from weightbank.registry.peft_adapter import classify_key
+
+from ..model_state import BankSource, ModelState, PlanProblem, check_parameters, load
+from ..oracle import OracleContext
+from ..tasks import Add, LowRankTerm, LowRankUpdate, Normalize, Scale, ShapeError, Task
+
+NAME = "adapter.lora"
+
+# PEFT features whose merged weights we cannot reproduce exactly: refused with the reason.
+_UNSUPPORTED_FEATURES = {
+    "layer_replication": "it shares layers between positions, which a merged state dict cannot express",
+    "target_parameters": "LoRA on raw nn.Parameters is not supported",
+    "trainable_token_indices": "trainable-token deltas are not supported",
+    "alora_invocation_tokens": "activated LoRA depends on the input, so it cannot be merged",
+    "use_qalora": "QA-LoRA is not supported",
+    "use_bdlora": "BD-LoRA is not supported",
+    "megatron_config": "Megatron-parallel LoRA layers are not supported",
+    "arrow_config": "Arrow routing is input-dependent, so it cannot be merged",
+    "lora_ga_config": "LoRA-GA rewrites the base weights at initialisation",
+    "kasa_config": "KaSA is not supported",
+    "velora_config": "VeLoRA is not supported",
+    "monteclora_config": "MonteCLoRA is not supported",
+}
+# Initialisations that rewrote the base weights during training (the adapter only fits that base).
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelState:
+    """Plan the merge of one or more adapters into `state`."""
+    check_parameters(step, {"bank", "weight", "adapters", "check_base"})
+    adapters = _adapter_list(step)
+    check_base = step.get("check_base", True)
+    if len(adapters) > 1 and any(_is_dora(source.bank(ref, "adapter", "adapter")) for ref, _ in adapters):
+        raise PlanProblem("DoRA adapters cannot be summed with others in one step; give each its own step")
+
+    tensors = dict(state.tensors)
+    deltas: dict[str, list[LowRankTerm]] = {}
+    problems: list[str] = []
+    replaced: dict[str, str] = {}
+    for ref, weight in adapters:
+        bank = source.bank(ref, "adapter", "adapter")
+        try:
+            _check_supported(bank, ref)
+            if check_base:
+                _check_base(bank, ref, source.base)
+            modules, replacements = _group(bank)
+        except PlanProblem as exc:
+            problems.extend(exc.problems)
+            continue
+        for target, record in replacements.items():
+            if target not in tensors:
+                problems.append(f"{ref}: replaces {target}, which the model does not have")
+            elif tensors[target].shape != record.shape:
+                have = list(tensors[target].shape)
+                problems.append(f"{ref}: replacement {target} is {list(record.shape)}, the model has {have}")
+            elif target in replaced and replaced[target] != ref:
+                problems.append(f"{target} is replaced by both {replaced[target]} and {ref}")
+            else:
+                tensors[target], replaced[target] = load(record), ref
+        for module, parts in modules.items():
+            try:
+                _plan_module(tensors, deltas, module, parts, bank, weight)
+            except (PlanProblem, ShapeError) as exc:
+                problems.extend(f"{ref}: {module}: {p}" for p in getattr(exc, "problems", [str(exc)]))
+    if problems:
+        raise PlanProblem(*problems)
+    for name, terms in deltas.items():
+        tensors[name] = LowRankUpdate(tensors[name], tuple(terms))
+    return ModelState(state.config, tensors)
+
+
+def _adapter_list(step: Mapping[str, Any]) -> list[tuple[str, float]]:
+    if ("bank" in step) == ("adapters" in step):
+        raise PlanProblem("give either 'bank' (one adapter) or 'adapters' (a list of {bank, weight})")
+    items = [{"bank": step["bank"], "weight": step.get("weight", 1.0)}] if "bank" in step else step["adapters"]
+    if not isinstance(items, list) or not items:
+        raise PlanProblem("'adapters' must be a non-empty list of {bank, weight}")
+    result = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("bank"), str) or set(item) - {"bank", "weight"}:
+            raise PlanProblem(f"adapter entry {item!r} must be {{bank: REF, weight: NUMBER}}")
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise PlanProblem(f"weight of {item['bank']} must be a finite number, got {weight!r}")
+        result.append((item["bank"], float(weight)))
+    return result
+
+
+def _is_dora(bank: Bank) -> bool:
+    return bool((bank.peft_config or {}).get("use_dora"))
+
+
+def _check_supported(bank: Bank, ref: str) -> None:
+    config = bank.peft_config or {}
+    problems = [
+        f"{ref}: PEFT option {key} is set; {reason}"
+        for key, reason in _UNSUPPORTED_FEATURES.items()
+        if config.get(key) not in (None, False, {}, [], "")
+    ]
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        problems.append(
+            f"{ref}: init_lora_weights={init!r} rewrote the base weights during training; convert the adapter "
+            "with PEFT (path_initial_model_for_weight_conversion) before merging it into the original base"
+        )
+    if problems:
+        raise PlanProblem(*problems)
+
+
+def _check_base(bank: Bank, ref: str, base: Bank) -> None:
+    recorded = [p.digest for p in bank.parents if p.role == "base"]
+    if recorded and base.digest not in recorded:
+        raise PlanProblem(
+            f"{ref} was trained on base {recorded[0]}, not on this composition's base {base.digest} "
+            "(set check_base: false to apply it anyway)"
+        )
+
+
+def _group(bank: Bank) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """LoRA parts by module, and whole-tensor replacements by target name."""
+    modules: dict[str, dict[str, Any]] = {}
+    replacements = {}
+    for key, record in bank.tensors.items():
+        info = classify_key(key)
+        if info.part == "replace":
+            replacements[info.target] = record
+        else:
+            modules.setdefault(info.module, {})[info.part] = record
+    return modules, replacements
+
+
+def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    """PEFT's get_pattern_key: the first pattern matching the end of the module path."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def _plan_module(
+    tensors: dict[str, Task],
+    deltas: dict[str, list[LowRankTerm]],
+    module: str,
+    parts: dict[str, Any],
+    bank: Bank,
+    weight: float,
+) -> None:
+    config = bank.peft_config or {}
+    embedding = "lora_embedding_A" in parts
+    a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
+    if a_key not in parts or b_key not in parts:
+        raise PlanProblem(f"has only {', '.join(sorted(parts))}")
+    a, b = load(parts[a_key]), load(parts[b_key])
+    rank = a.shape[0]
+    expected_rank = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
+    if expected_rank != rank:
+        raise PlanProblem(f"lora_A has rank {rank} but the adapter config says r={expected_rank}")
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    factor = weight * scale
+    weight_name = f"{module}.weight"
+    if weight_name not in tensors:
+        raise PlanProblem(f"the model has no {weight_name}")
+    current = tensors[weight_name]
+    transposed = embedding or bool(config.get("fan_in_fan_out"))
+    if b.shape[1] != a.shape[0]:
+        raise PlanProblem(f"lora_B {list(b.shape)} and lora_A {list(a.shape)} disagree on the rank")
+    term = LowRankTerm(b, a, factor, transposed)
+    if term.shape != current.shape:
+        raise PlanProblem(f"ΔW is {list(term.shape)} but {weight_name} is {list(current.shape)}")
+    if "magnitude" in parts:
+        out_axis = 1 if transposed else 0
+        tensors[weight_name] = Normalize(LowRankUpdate(current, (term,)), load(parts["magnitude"]), out_axis)
+    else:
+        deltas.setdefault(weight_name, []).append(term)
+    if "lora_B_bias" in parts:
+        bias_name = f"{module}.bias"
+        if bias_name not in tensors:
+            raise PlanProblem(f"lora_bias needs {bias_name}, which the model does not have")
+        tensors[bias_name] = Add(tensors[bias_name], Scale(load(parts["lora_B_bias"]), factor))
+
+
+def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
+    """PEFT's own merge: every adapter loaded, its weight set as its scale (`set_scale`, which
+    respects rsLoRA), then `merge_and_unload` of them all. (PEFT's `add_weighted_adapter`
+    with `cat` computes the same sum, except that its combined adapter inherits `use_rslora`
+    with lora_alpha = r and so is scaled by √r more; set_scale has no such quirk.)"""
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        raise InputError("verify needs PEFT for adapter.lora steps (pip install peft)") from None
+    adapters = _adapter_list(step)
+    names = [f"adapter{i}" for i in range(len(adapters))]
+    peft_model = PeftModel.from_pretrained(model, context.export(adapters[0][0]), adapter_name=names[0])
+    for name, (ref, _) in zip(names[1:], adapters[1:], strict=True):
+        peft_model.load_adapter(context.export(ref), adapter_name=name)
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            for name, (_, weight) in zip(names, adapters, strict=True):
+                if name in module.scaling:
+                    module.set_scale(name, weight)
+    return peft_model.merge_and_unload(adapter_names=names)

@@ -1,0 +1,199 @@
+"""Planning: a composition manifest → every target tensor as a task, validated up front.
+
+Every ref is resolved, every step's operator run on the model *description* (config and
+task expressions, no tensor data), and the result checked against the model transformers
+would build from the target config. All problems — missing banks, unknown operators,
+shapes that do not fit, unsupported adapter features, dtype trouble — are collected and
+raised together as one PlanError before any tensor is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from weightbank.registry.banks import Bank, FileRecord
+from weightbank.registry.errors import WeightbankError
+from weightbank.registry.safetensors_format import FLOAT_DTYPES
+from weightbank.registry.store import Store
+
+from .dtypes import TARGET_DTYPES, is_floating, target_code
+from .model_state import ModelState, PlanProblem, load
+from .operators import OPERATORS
+from .spec import load_spec
+from .tasks import Load, ShapeError, Target, walk
+
+CONFIG_FILE = "config.json"
+
+
+class PlanError(WeightbankError):
+    """A composition that cannot be built; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+        super().__init__(f"composition refused ({count}): " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class _Sources:
+    """Resolves refs for operators and records every bank used, with its role."""
+
+    store: Store
+    base_bank: Bank
+    inputs: dict[str, str] = field(default_factory=dict)  # digest -> role
+    resolved: dict[str, str] = field(default_factory=dict)  # ref as written -> digest
+
+    @property
+    def base(self) -> Bank:
+        return self.base_bank
+
+    def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank:
+        try:
+            bank = self.store.bank(ref)
+        except WeightbankError as exc:
+            raise PlanProblem(str(exc)) from None
+        if bank_type is not None and bank.type != bank_type:
+            raise PlanProblem(f"{ref} is a {bank.type} bank, expected an {bank_type} bank")
+        self.inputs.setdefault(bank.digest, role)
+        self.resolved[ref] = bank.digest
+        return bank
+
+
+@dataclass
+class Plan:
+    """A validated composition: target config, one `Target` per tensor, files to carry."""
+
+    spec: dict[str, Any]
+    base: Bank
+    config: dict[str, Any]
+    dtype: str  # target dtype name, e.g. "bfloat16"
+    targets: dict[str, Target]
+    files: dict[str, FileRecord]
+    inputs: dict[str, str]  # every input bank: digest -> role
+    resolved_spec: dict[str, Any]  # the spec with every ref replaced by its digest
+    warnings: list[str] = field(default_factory=list)
+
+    def reads(self) -> dict[str, int]:
+        """Objects the plan reads: digest → payload bytes."""
+        found: dict[str, int] = {}
+        for target in self.targets.values():
+            for task in walk(target.task):
+                if isinstance(task, Load):
+                    found[task.digest] = task.nbytes
+        return found
+
+    def parameters(self) -> int:
+        """Elements in the floating-point target tensors."""
+        return sum(math.prod(t.shape) for t in self.targets.values() if t.dtype in FLOAT_DTYPES)
+
+    def summary(self) -> dict[str, Any]:
+        """What `compose --dry-run` prints."""
+        from .executor import peak_bytes_estimate
+
+        return {
+            "base": self.base.digest,
+            "dtype": self.dtype,
+            "target_config": self.config,
+            "tensors": len(self.targets),
+            "parameters": self.parameters(),
+            "bytes_read": sum(self.reads().values()),
+            "bytes_produced": sum(t.nbytes for t in self.targets.values()),
+            "peak_memory_estimate": peak_bytes_estimate(self.targets.values()),
+            "inputs": self.inputs,
+            "steps": [step["op"] for step in self.spec["steps"]],
+            "warnings": self.warnings,
+        }
+
+
+def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
+    """Resolve, validate and plan a composition (see module docstring)."""
+    document = load_spec(spec)
+    problems: list[str] = []
+    try:
+        base = store.bank(document["base"])
+    except WeightbankError as exc:
+        raise PlanError([f"base: {exc}", *_step_problems_without_base(document, store)]) from None
+    if base.type != "base" or base.config is None:
+        raise PlanError([f"base: {document['base']} is a {base.type} bank, not a base model"])
+    sources = _Sources(store, base, {base.digest: "base"}, {document["base"]: base.digest})
+    state = ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
+    for number, step in enumerate(document["steps"], start=1):
+        operator = OPERATORS.get(step["op"])
+        if operator is None:
+            problems.append(f"step {number}: unknown operator {step['op']!r} (known: {', '.join(sorted(OPERATORS))})")
+            continue
+        try:
+            state = operator.apply(state, step, sources)
+        except PlanProblem as exc:
+            problems.extend(f"step {number} ({step['op']}): {p}" for p in exc.problems)
+        except ShapeError as exc:
+            problems.append(f"step {number} ({step['op']}): {exc}")
+
+    dtype_name = _target_dtype(dtype, document, base, problems)
+    code = TARGET_DTYPES.get(dtype_name, "F32")
+    targets = {
+        name: Target(task, code if is_floating(task.dtype) else task.dtype) for name, task in state.tensors.items()
+    }
+    config = {**state.config, "dtype": dtype_name}
+    config.pop("torch_dtype", None)
+    warnings: list[str] = []
+    if not problems:
+        from .hf_model import check_against_model
+
+        problems.extend(check_against_model(config, targets, warnings))
+    if problems:
+        raise PlanError(problems)
+    files = {path: record for path, record in base.files.items() if path != CONFIG_FILE}
+    resolved = _resolved_spec(document, sources.resolved, dtype_name)
+    return Plan(document, base, config, dtype_name, targets, files, sources.inputs, resolved, warnings)
+
+
+def _step_problems_without_base(document: dict[str, Any], store: Store) -> list[str]:
+    """Without a base nothing can be planned, but unknown operators and missing banks can
+    still be reported."""
+    problems = []
+    for number, step in enumerate(document["steps"], start=1):
+        if step["op"] not in OPERATORS:
+            problems.append(f"step {number}: unknown operator {step['op']!r}")
+        refs = [step["bank"]] if isinstance(step.get("bank"), str) else []
+        refs += [a["bank"] for a in step.get("adapters", []) if isinstance(a, dict) and isinstance(a.get("bank"), str)]
+        for ref in refs:
+            try:
+                store.resolve(ref)
+            except WeightbankError as exc:
+                problems.append(f"step {number} ({step['op']}): {exc}")
+    return problems
+
+
+def _target_dtype(requested: str | None, document: dict[str, Any], base: Bank, problems: list[str]) -> str:
+    assert base.config is not None
+    name = requested or document.get("dtype") or base.config.get("dtype") or base.config.get("torch_dtype")
+    name = name if isinstance(name, str) else "float32"
+    try:
+        target_code(name)
+    except WeightbankError as exc:
+        problems.append(f"dtype: {exc}")
+    return name
+
+
+def _resolved_spec(document: dict[str, Any], resolved: dict[str, str], dtype: str) -> dict[str, Any]:
+    """The manifest as it was built: refs replaced by digests, the dtype made explicit."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (resolved.get(v, v) if k in ("bank", "base") and isinstance(v, str) else swap(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        return value
+
+    result = swap(document)
+    result["kind"] = "composition"
+    result["dtype"] = dtype
+    result.setdefault("metadata", {})["refs"] = {ref: digest for ref, digest in resolved.items()}
+    return result

@@ -1,0 +1,346 @@
+"""Task expressions: how one target tensor is computed from source tensors.
+
+A plan maps every target tensor name to a small, immutable expression tree. Equal
+expressions are equal values (frozen dataclasses), so a tensor used by several targets is
+recognised and computed once. Shapes and dtypes are known when a task is built, so every
+shape problem is found at plan time, before a byte is read.
+
+Arithmetic (`Add`, `Scale`, `MatMul`, `LowRankUpdate`, `Normalize`) is done in float32; structural tasks
+(`Slice`, `Concat`, `Transpose`, `IndexSelect`) keep their input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from weightbank.registry.safetensors_format import DTYPE_SIZES
+
+F32 = "F32"
+
+
+class ShapeError(ValueError):
+    """A task was built from inputs whose shapes do not fit together."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: every task knows the shape and dtype of what it produces."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+    def inputs(self) -> tuple[Task, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class Load(Task):
+    """A stored tensor object."""
+
+    digest: str
+    source_dtype: str
+    source_shape: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source_shape
+
+    @property
+    def dtype(self) -> str:
+        return self.source_dtype
+
+
+@dataclass(frozen=True)
+class Zeros(Task):
+    zeros_shape: tuple[int, ...]
+    zeros_dtype: str = F32
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.zeros_shape
+
+    @property
+    def dtype(self) -> str:
+        return self.zeros_dtype
+
+
+@dataclass(frozen=True)
+class Slice(Task):
+    """`src[start:stop]` along `dim`."""
+
+    src: Task
+    dim: int
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.dim < len(self.src.shape) and 0 <= self.start <= self.stop <= self.src.shape[self.dim]):
+            raise ShapeError(f"cannot slice [{self.start}:{self.stop}] of dim {self.dim} from {list(self.src.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.src.shape)
+        shape[self.dim] = self.stop - self.start
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> str:
+        return self.src.dtype
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class IndexSelect(Task):
+    """`src.index_select(dim, index)`: rows or columns picked (and repeated) by index."""
+
+    src: Task
+    dim: int
+    index: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        size = self.src.shape[self.dim] if 0 <= self.dim < len(self.src.shape) else 0
+        if not all(0 <= i < size for i in self.index):
+            raise ShapeError(f"index out of range for dim {self.dim} of {list(self.src.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.src.shape)
+        shape[self.dim] = len(self.index)
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> str:
+        return self.src.dtype
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Concat(Task):
+    parts: tuple[Task, ...]
+    dim: int
+
+    def __post_init__(self) -> None:
+        first = self.parts[0].shape
+        for part in self.parts[1:]:
+            other = part.shape
+            if len(other) != len(first) or any(
+                a != b for i, (a, b) in enumerate(zip(first, other, strict=True)) if i != self.dim
+            ):
+                raise ShapeError(f"cannot concatenate {list(first)} and {list(other)} along dim {self.dim}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.parts[0].shape)
+        shape[self.dim] = sum(p.shape[self.dim] for p in self.parts)
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> str:
+        dtypes = {p.dtype for p in self.parts}
+        return dtypes.pop() if len(dtypes) == 1 else F32
+
+    def inputs(self) -> tuple[Task, ...]:
+        return self.parts
+
+
+@dataclass(frozen=True)
+class Transpose(Task):
+    """The transpose of a 2-D tensor."""
+
+    src: Task
+
+    def __post_init__(self) -> None:
+        if len(self.src.shape) != 2:
+            raise ShapeError(f"cannot transpose a {len(self.src.shape)}-D tensor")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.src.shape[1], self.src.shape[0])
+
+    @property
+    def dtype(self) -> str:
+        return self.src.dtype
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Add(Task):
+    a: Task
+    b: Task
+
+    def __post_init__(self) -> None:
+        if self.a.shape != self.b.shape:
+            raise ShapeError(f"cannot add {list(self.a.shape)} and {list(self.b.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.a.shape
+
+    @property
+    def dtype(self) -> str:
+        return F32
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True)
+class Scale(Task):
+    """`src * factor`, or `src * factor[broadcast]` when `by` is a vector task along `dim`."""
+
+    src: Task
+    factor: float = 1.0
+    by: Task | None = None
+    dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.by is not None and (len(self.by.shape) != 1 or self.by.shape[0] != self.src.shape[self.dim]):
+            raise ShapeError(f"cannot scale dim {self.dim} of {list(self.src.shape)} by {list(self.by.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.src.shape
+
+    @property
+    def dtype(self) -> str:
+        return F32
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src,) if self.by is None else (self.src, self.by)
+
+
+@dataclass(frozen=True)
+class MatMul(Task):
+    a: Task
+    b: Task
+
+    def __post_init__(self) -> None:
+        if len(self.a.shape) != 2 or len(self.b.shape) != 2 or self.a.shape[1] != self.b.shape[0]:
+            raise ShapeError(f"cannot multiply {list(self.a.shape)} by {list(self.b.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.a.shape[0], self.b.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        return F32
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True)
+class LowRankTerm:
+    """One LoRA delta: `factor · (b @ a)`, transposed when `transpose` is set."""
+
+    b: Task
+    a: Task
+    factor: float
+    transpose: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        rows, cols = self.b.shape[0], self.a.shape[1]
+        return (cols, rows) if self.transpose else (rows, cols)
+
+
+@dataclass(frozen=True)
+class LowRankUpdate(Task):
+    """`base + Σ factorᵢ · (bᵢ @ aᵢ)[ᵀ]`: merged LoRA deltas. The executor computes it in row
+    blocks straight into the output, so no full-size float32 temporary is ever made."""
+
+    base: Task
+    terms: tuple[LowRankTerm, ...]
+
+    def __post_init__(self) -> None:
+        for term in self.terms:
+            if len(term.b.shape) != 2 or len(term.a.shape) != 2 or term.b.shape[1] != term.a.shape[0]:
+                raise ShapeError(f"cannot multiply {list(term.b.shape)} by {list(term.a.shape)}")
+            if term.shape != self.base.shape:
+                raise ShapeError(f"ΔW is {list(term.shape)} but the weight is {list(self.base.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.base.shape
+
+    @property
+    def dtype(self) -> str:
+        return F32
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.base, *(t for term in self.terms for t in (term.b, term.a)))
+
+
+@dataclass(frozen=True)
+class Normalize(Task):
+    """DoRA's fold: `src * (magnitude / ‖src‖)`, norms taken across the axis other than `dim`,
+    one per index of `dim` (the output features)."""
+
+    src: Task
+    magnitude: Task
+    dim: int
+
+    def __post_init__(self) -> None:
+        if len(self.src.shape) != 2 or self.magnitude.shape != (self.src.shape[self.dim],):
+            raise ShapeError(f"magnitude {list(self.magnitude.shape)} does not fit {list(self.src.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.src.shape
+
+    @property
+    def dtype(self) -> str:
+        return F32
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src, self.magnitude)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target tensor: its task and the dtype it is stored in."""
+
+    task: Task
+    dtype: str
+    shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", self.task.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+
+def walk(task: Task) -> list[Task]:
+    """Every distinct task in an expression, inputs before users."""
+    order: list[Task] = []
+    seen: set[Task] = set()
+
+    def visit(node: Task) -> None:
+        if node in seen:
+            return
+        seen.add(node)
+        for child in node.inputs():
+            visit(child)
+        order.append(node)
+
+    visit(task)
+    return order
