@@ -23,7 +23,7 @@ def run_demo(registry: Any, workdir: Path | None) -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from weightbank.composer import compose, verify_composition, write
+    from weightbank.composer import compose, expand, verify_composition, write
     from weightbank.composer.tiny_models import make_tiny_model
     from weightbank.registry import provenance
 
@@ -89,6 +89,24 @@ def run_demo(registry: Any, workdir: Path | None) -> None:
     report = verify_composition(spec, store=registry.store)
     verdict = "ok" if report.ok else "FAIL"
     click.echo(f"verify against PEFT's merge_and_unload: max-abs logits diff {report.max_abs_diff:.3g} ({verdict})")
+
+    _step("grow demo-llama: 2 → 4 layers, FFN 128 → 256, hidden 64 → 96, stored as a recipe")
+    growth = [
+        {"op": "expand.depth", "layers": 4},
+        {"op": "expand.ffn", "size": 256},
+        {"op": "expand.hidden", "size": 96},
+    ]
+    grown = expand(registry.store, "demo-llama", "demo-grown", growth, message="grow for continued pretraining")
+    click.echo(
+        f"demo-grown@v{grown.version}: {grown.parameters:,} parameters (from {original.num_parameters():,}), "
+        f"bank manifest {grown.manifest_bytes:,} bytes, no tensors stored"
+    )
+    exact = verify_composition("demo-grown", store=registry.store)
+    click.echo(
+        f"verify grown vs original: max-abs logits diff {exact.max_abs_diff:.3g} ({'ok' if exact.ok else 'FAIL'})"
+    )
+    grown_model, _ = compose("demo-grown", store=registry.store)
+    click.echo(f"composed {type(grown_model).__name__} with {grown_model.num_parameters():,} parameters, lazily")
 
     _step("lineage and audit of the composed bank")
     click.echo(provenance.render_text(registry.lineage("demo-merged")))

@@ -6,47 +6,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
+from .context import WeightbankGroup, json_option, registry
+from .growth_commands import analyze, expand, plan_command
 from .output import human_bytes, print_json, print_table
-
-
-class UserFacingError(click.ClickException):
-    """One line on stderr, exit status 1."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
-
-
-class WeightbankGroup(click.Group):
-    """Turns weightbank's own errors and filesystem errors into one clear line."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        from weightbank.registry.errors import WeightbankError
-
-        try:
-            return super().invoke(ctx)
-        except WeightbankError as exc:
-            raise UserFacingError(str(exc)) from None
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            raise UserFacingError(f"{exc.strerror or exc}{where}") from None
-
-
-def registry(ctx: click.Context) -> Any:
-    """The Registry for this invocation, made on first use."""
-    state = ctx.find_root().obj
-    if "registry" not in state:
-        from weightbank.registry import Registry
-        from weightbank.registry.progress import progress_wanted
-
-        state["registry"] = Registry(state["store"], progress=progress_wanted(state["quiet"]))
-    return state["registry"]
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 @click.group(cls=WeightbankGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,16 +32,34 @@ def cli(ctx: click.Context, store: str | None, quiet: bool) -> None:
 
 @cli.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Ref name to record the bank under (next version).")
+@click.option("--name", help="Ref name to record the bank under (next version).")
 @click.option("--base", metavar="REF", help="Adapters: the base bank the adapter was trained on.")
 @click.option("-m", "--message", default="", help="A note for the log.")
 @click.option("--rehash", is_flag=True, help="Re-read weight files even if unchanged since they were last ingested.")
+@click.option(
+    "--as-version-of",
+    "expansion",
+    metavar="NAME",
+    help="A trained grown model: record it as the next version of expansion NAME, storing only changed tensors.",
+)
 @json_option
 @click.pass_context
 def ingest(
-    ctx: click.Context, folder: Path, name: str, base: str | None, message: str, rehash: bool, as_json: bool
+    ctx: click.Context,
+    folder: Path,
+    name: str | None,
+    base: str | None,
+    message: str,
+    rehash: bool,
+    expansion: str | None,
+    as_json: bool,
 ) -> None:
     """Ingest a Hugging Face model folder or a PEFT adapter folder (auto-detected)."""
+    if expansion is not None:
+        _ingest_trained(ctx, folder, expansion, name, message, as_json)
+        return
+    if name is None:
+        raise click.UsageError("Missing option '--name'.")
     result = registry(ctx).ingest(folder, name, base=base, message=message, rehash=rehash)
     if as_json:
         print_json(result)
@@ -90,6 +74,24 @@ def ingest(
     click.echo(f"{state} {result.name}@v{result.version} {short(result.digest)} — {what}")
     for skipped in result.skipped:
         click.echo(f"  skipped {skipped}", err=True)
+
+
+def _ingest_trained(
+    ctx: click.Context, folder: Path, expansion: str, name: str | None, message: str, as_json: bool
+) -> None:
+    from weightbank.composer.expansion import ingest_trained
+    from weightbank.registry.errors import InputError
+
+    if name not in (None, expansion):
+        raise InputError("--as-version-of records a version of that expansion; drop --name")
+    result = ingest_trained(registry(ctx).store, folder, expansion, message=message)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"ingested {result.name}@v{result.version} {result.digest}: {result.tensors} tensors differ from the recipe "
+        f"({result.new_objects} new objects)"
+    )
 
 
 @cli.command()
@@ -324,6 +326,11 @@ def demo(ctx: click.Context, workdir: Path | None) -> None:
     from .demo import run_demo
 
     run_demo(registry(ctx), workdir)
+
+
+cli.add_command(analyze)
+cli.add_command(plan_command)
+cli.add_command(expand)
 
 
 def main() -> None:

@@ -5,17 +5,27 @@ per-tensor tasks (`tasks`) → executor on the device (`executor`) → a model (
 folder / bank (`write`). `verify` compares a composition with its oracle.
 """
 
+from .analyze import analyze, count_parameters
 from .api import compose, load_tokenizer, plan, save_model, verify_composition, write
+from .expansion import ExpansionResult, expand, ingest_trained
 from .plan import Plan, PlanError
+from .planner import Candidate, candidates
 from .verify import VerifyReport
 from .write import ComposeResult
 
 __all__ = [
+    "Candidate",
     "ComposeResult",
+    "ExpansionResult",
     "Plan",
     "PlanError",
     "VerifyReport",
+    "analyze",
+    "candidates",
     "compose",
+    "count_parameters",
+    "expand",
+    "ingest_trained",
     "load_tokenizer",
     "plan",
     "save_model",

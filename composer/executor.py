@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -26,17 +25,16 @@ from .tasks import (
     F32,
     Add,
     Concat,
+    Fill,
     IndexSelect,
     Load,
     LowRankUpdate,
-    MatMul,
+    Noise,
     Normalize,
     Scale,
     Slice,
     Target,
     Task,
-    Transpose,
-    Zeros,
     walk,
 )
 
@@ -124,52 +122,62 @@ class _Evaluation:
             # Loaded tensors are backed by the object's (copy-on-write) memory map: writing
             # into them would fault in a private copy page by page, so they are not "owned".
             return self.executor.load(task.digest, self.device), False
-        if isinstance(task, Zeros):
-            return torch.zeros(task.shape, dtype=to_torch(task.dtype), device=self.device), True
+        if isinstance(task, Fill):
+            return torch.full(task.shape, task.value, dtype=to_torch(task.dtype), device=self.device), True
+        if isinstance(task, Noise):
+            generator = torch.Generator().manual_seed(task.seed)
+            return (torch.randn(task.shape, generator=generator) * task.std).to(self.device), True
         if isinstance(task, Slice):
             value, _ = self.run(task.src)
             return value.narrow(task.dim, task.start, task.stop - task.start), False
         if isinstance(task, IndexSelect):
             value, _ = self.run(task.src)
             index = torch.tensor(task.index, dtype=torch.long, device=value.device)
-            return value.index_select(task.dim, index), True
+            picked = value.index_select(task.dim, index)
+            if task.factors is None:
+                return picked, True
+            shape = [1] * picked.dim()
+            shape[task.dim] = -1
+            factors = torch.tensor(task.factors, dtype=torch.float32, device=value.device).reshape(shape)
+            return picked.float().mul_(factors), True
         if isinstance(task, Concat):
             parts = [self.run(part)[0] for part in task.parts]
             if task.dtype == F32:
                 parts = [part.float() for part in parts]
             return torch.cat(parts, dim=task.dim), True
-        if isinstance(task, Transpose):
-            value, owned = self.run(task.src)
-            return value.t(), owned
         return self._arithmetic(task)
 
     def _low_rank(self, task: LowRankUpdate, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
         """base + Σ factor·(b@a)[ᵀ], in blocks of rows: each block's deltas are computed in
         float32, scaled, added to the base rows and written into the output, whose dtype is
-        the target's. Temporaries stay a few MB whatever the weight's size."""
+        the target's. The float32 block buffers are allocated once and reused, so a merge
+        allocates (and page-faults) nothing but its output, whatever the weight's size."""
         base, base_owned = self.run(task.base)
         terms = [(self._float(t.b)[0], self._float(t.a)[0], t.factor, t.transpose) for t in task.terms]
         dtype = out_dtype or torch.float32
         reuse = base_owned and base.dtype == dtype and base.is_contiguous()
         out = base if reuse else torch.empty(task.shape, dtype=dtype, device=base.device)
         rows, cols = task.shape
-        step = max(1, _BLOCK_BYTES // max(1, cols * 4))
+        step = min(rows, max(1, _BLOCK_BYTES // max(1, cols * 4)))
+        buffers = torch.empty((2, step * cols), dtype=torch.float32, device=base.device)
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            block = None
-            for b, a, factor, transpose in terms:
-                part = (b @ a[:, start:stop]).t() if transpose else b[start:stop] @ a
+            block, scratch = (buffer[: (stop - start) * cols] for buffer in buffers)
+            for number, (b, a, factor, transpose) in enumerate(terms):
+                part = block if number == 0 else scratch
+                if transpose:  # rows start:stop of (b @ a)ᵀ are columns start:stop of b @ a
+                    part.view(stop - start, cols).copy_((b @ a[:, start:stop]).t())
+                else:
+                    torch.mm(b[start:stop], a, out=part.view(stop - start, cols))
                 part.mul_(factor)
-                block = part if block is None else block.add_(part)
-            assert block is not None
-            out[start:stop] = block.add_(base[start:stop].float())  # .float() first: faster than a promoting add
+                if number:
+                    block.add_(scratch)
+            rows_view = block.view(stop - start, cols)
+            rows_view.add_(scratch.view(stop - start, cols).copy_(base[start:stop]))
+            out[start:stop] = rows_view
         return out, True
 
     def _arithmetic(self, task: Task) -> tuple[torch.Tensor, bool]:
-        if isinstance(task, MatMul):
-            a, _ = self._float(task.a)
-            b, _ = self._float(task.b)
-            return a @ b, True
         if isinstance(task, Add):
             a, a_owned = self.run(task.a)
             b, b_owned = self.run(task.b)
@@ -181,13 +189,7 @@ class _Evaluation:
             return a.float().add_(b.float()) if a.dtype != torch.float32 else a + b.float(), True
         if isinstance(task, Scale):
             value, owned = self._float(task.src)
-            factor: Any = task.factor
-            if task.by is not None:
-                by, _ = self._float(task.by)
-                shape = [1] * value.dim()
-                shape[task.dim] = -1
-                factor = by.reshape(shape) * task.factor
-            return (value.mul_(factor) if owned else value * factor), True
+            return (value.mul_(task.factor) if owned else value * task.factor), True
         if isinstance(task, Normalize):
             value, owned = self._float(task.src)
             magnitude, _ = self._float(task.magnitude)

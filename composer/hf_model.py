@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import transformers
 from accelerate import init_empty_weights
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from weightbank.registry.errors import InputError
@@ -23,8 +24,9 @@ def config_object(config: dict[str, Any]) -> PretrainedConfig:
         raise InputError("the config has no model_type")
     try:
         return AutoConfig.for_model(**config)
-    except (ValueError, KeyError) as exc:
-        raise InputError(f"transformers cannot build a {model_type!r} config: {exc}") from None
+    except (ValueError, KeyError, StrictDataclassError) as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(f"transformers refuses the {model_type} config: {reason}") from None
 
 
 def model_class(config: PretrainedConfig, tensor_names: Collection[str] = ()) -> type[PreTrainedModel]:

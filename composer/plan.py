@@ -15,17 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightbank.registry.banks import Bank, FileRecord
+from weightbank.registry.checkpoints import MODEL_CONFIG
 from weightbank.registry.errors import WeightbankError
 from weightbank.registry.safetensors_format import FLOAT_DTYPES
 from weightbank.registry.store import Store
 
 from .dtypes import TARGET_DTYPES, is_floating, target_code
-from .model_state import ModelState, PlanProblem, load
+from .model_state import BankSource, ModelState, PlanProblem, load
 from .operators import OPERATORS
 from .spec import load_spec
 from .tasks import Load, ShapeError, Target, walk
-
-CONFIG_FILE = "config.json"
 
 
 class PlanError(WeightbankError):
@@ -38,7 +37,7 @@ class PlanError(WeightbankError):
 
 
 @dataclass
-class _Sources:
+class Sources:
     """Resolves refs for operators and records every bank used, with its role."""
 
     store: Store
@@ -68,6 +67,8 @@ class Plan:
 
     spec: dict[str, Any]
     base: Bank
+    expansion: Bank | None  # when the composition starts from an expansion bank
+    steps: list[dict[str, Any]]  # every step applied: the expansion's recipe, then the spec's
     config: dict[str, Any]
     dtype: str  # target dtype name, e.g. "bfloat16"
     targets: dict[str, Target]
@@ -103,9 +104,66 @@ class Plan:
             "bytes_produced": sum(t.nbytes for t in self.targets.values()),
             "peak_memory_estimate": peak_bytes_estimate(self.targets.values()),
             "inputs": self.inputs,
-            "steps": [step["op"] for step in self.spec["steps"]],
+            "steps": [step["op"] for step in self.steps],
             "warnings": self.warnings,
         }
+
+
+def resolve_base(store: Store, ref: str) -> tuple[Bank, Bank | None]:
+    """(base bank, expansion bank or None) for the bank a composition starts from: an
+    expansion bank stands for its base with its recipe applied."""
+    named = store.bank(ref)
+    if named.type == "base" and named.config is not None:
+        return named, None
+    if named.type == "expansion":
+        bases = [p.digest for p in named.parents if p.role == "base"]
+        if not bases:
+            raise PlanProblem(f"{ref}: expansion bank without a base parent")
+        base = store.bank(bases[0])
+        if base.type == "base":
+            return base, named
+    raise PlanProblem(f"{ref} is a {named.type} bank, not a base model or an expansion of one")
+
+
+def initial_state(base: Bank) -> ModelState:
+    """The base model as the plan sees it: its config and one Load per stored tensor."""
+    assert base.config is not None
+    return ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
+
+
+def apply_steps(
+    state: ModelState, steps: list[dict[str, Any]], sources: BankSource, problems: list[str], label: str = "step"
+) -> ModelState:
+    """Run each step's operator; problems are appended (the failing step is skipped)."""
+    for number, step in enumerate(steps, start=1):
+        operator = OPERATORS.get(step["op"])
+        if operator is None:
+            problems.append(
+                f"{label} {number}: unknown operator {step['op']!r} (known: {', '.join(sorted(OPERATORS))})"
+            )
+            continue
+        try:
+            state = operator.apply(state, step, sources)
+        except PlanProblem as exc:
+            problems.extend(f"{label} {number} ({step['op']}): {p}" for p in exc.problems)
+        except ShapeError as exc:
+            problems.append(f"{label} {number} ({step['op']}): {exc}")
+    return state
+
+
+def _with_trained(state: ModelState, expansion: Bank, problems: list[str]) -> ModelState:
+    """The expansion's stored tensors (changed by training) replace the recipe's."""
+    tensors = dict(state.tensors)
+    for name, record in expansion.tensors.items():
+        if name not in tensors:
+            problems.append(f"expansion tensor {name} is not in the recipe's model")
+        elif tensors[name].shape != record.shape:
+            problems.append(
+                f"expansion tensor {name} is {list(record.shape)}, the recipe gives {list(tensors[name].shape)}"
+            )
+        else:
+            tensors[name] = load(record)
+    return ModelState(state.config, tensors)
 
 
 def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
@@ -113,26 +171,19 @@ def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
     document = load_spec(spec)
     problems: list[str] = []
     try:
-        base = store.bank(document["base"])
-    except WeightbankError as exc:
+        base, expansion = resolve_base(store, document["base"])
+    except (WeightbankError, PlanProblem) as exc:
         raise PlanError([f"base: {exc}", *_step_problems_without_base(document, store)]) from None
-    if base.type != "base" or base.config is None:
-        raise PlanError([f"base: {document['base']} is a {base.type} bank, not a base model"])
-    sources = _Sources(store, base, {base.digest: "base"}, {document["base"]: base.digest})
-    state = ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
-    for number, step in enumerate(document["steps"], start=1):
-        operator = OPERATORS.get(step["op"])
-        if operator is None:
-            problems.append(f"step {number}: unknown operator {step['op']!r} (known: {', '.join(sorted(OPERATORS))})")
-            continue
-        try:
-            state = operator.apply(state, step, sources)
-        except PlanProblem as exc:
-            problems.extend(f"step {number} ({step['op']}): {p}" for p in exc.problems)
-        except ShapeError as exc:
-            problems.append(f"step {number} ({step['op']}): {exc}")
+    sources = Sources(store, base, {base.digest: "base"}, {document["base"]: (expansion or base).digest})
+    recipe: list[dict[str, Any]] = []
+    state = initial_state(base)
+    if expansion is not None:
+        sources.inputs[expansion.digest] = "expansion"
+        recipe = expansion.document["recipe"]["steps"]
+        state = _with_trained(apply_steps(state, recipe, sources, problems, "recipe step"), expansion, problems)
+    state = apply_steps(state, document["steps"], sources, problems)
 
-    dtype_name = _target_dtype(dtype, document, base, problems)
+    dtype_name = _target_dtype(dtype, document, (expansion or base).config or {}, problems)
     code = TARGET_DTYPES.get(dtype_name, "F32")
     targets = {
         name: Target(task, code if is_floating(task.dtype) else task.dtype) for name, task in state.tensors.items()
@@ -146,9 +197,12 @@ def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
         problems.extend(check_against_model(config, targets, warnings))
     if problems:
         raise PlanError(problems)
-    files = {path: record for path, record in base.files.items() if path != CONFIG_FILE}
+    files = {path: record for path, record in base.files.items() if path != MODEL_CONFIG}
     resolved = _resolved_spec(document, sources.resolved, dtype_name)
-    return Plan(document, base, config, dtype_name, targets, files, sources.inputs, resolved, warnings)
+    return Plan(
+        document, base, expansion, [*recipe, *document["steps"]], config, dtype_name, targets, files, sources.inputs,
+        resolved, warnings,
+    )  # fmt: skip
 
 
 def _step_problems_without_base(document: dict[str, Any], store: Store) -> list[str]:
@@ -168,9 +222,8 @@ def _step_problems_without_base(document: dict[str, Any], store: Store) -> list[
     return problems
 
 
-def _target_dtype(requested: str | None, document: dict[str, Any], base: Bank, problems: list[str]) -> str:
-    assert base.config is not None
-    name = requested or document.get("dtype") or base.config.get("dtype") or base.config.get("torch_dtype")
+def _target_dtype(requested: str | None, document: dict[str, Any], config: dict[str, Any], problems: list[str]) -> str:
+    name = requested or document.get("dtype") or config.get("dtype") or config.get("torch_dtype")
     name = name if isinstance(name, str) else "float32"
     try:
         target_code(name)

@@ -5,8 +5,8 @@ expressions are equal values (frozen dataclasses), so a tensor used by several t
 recognised and computed once. Shapes and dtypes are known when a task is built, so every
 shape problem is found at plan time, before a byte is read.
 
-Arithmetic (`Add`, `Scale`, `MatMul`, `LowRankUpdate`, `Normalize`) is done in float32; structural tasks
-(`Slice`, `Concat`, `Transpose`, `IndexSelect`) keep their input's dtype.
+Arithmetic (`Add`, `Scale`, `LowRankUpdate`, `Normalize`) is done in float32; structural tasks
+(`Slice`, `Concat`, `IndexSelect` without factors) keep their input's dtype.
 """
 
 from __future__ import annotations
@@ -61,17 +61,38 @@ class Load(Task):
 
 
 @dataclass(frozen=True)
-class Zeros(Task):
-    zeros_shape: tuple[int, ...]
-    zeros_dtype: str = F32
+class Fill(Task):
+    """A tensor of one value (zeros for new writer rows, √s for new norm gains)."""
+
+    fill_shape: tuple[int, ...]
+    value: float = 0.0
+    fill_dtype: str = F32
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.zeros_shape
+        return self.fill_shape
 
     @property
     def dtype(self) -> str:
-        return self.zeros_dtype
+        return self.fill_dtype
+
+
+@dataclass(frozen=True)
+class Noise(Task):
+    """Seeded Gaussian noise N(0, std²), float32, generated on the CPU so every device gets
+    the same values."""
+
+    noise_shape: tuple[int, ...]
+    std: float
+    seed: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.noise_shape
+
+    @property
+    def dtype(self) -> str:
+        return F32
 
 
 @dataclass(frozen=True)
@@ -103,16 +124,20 @@ class Slice(Task):
 
 @dataclass(frozen=True)
 class IndexSelect(Task):
-    """`src.index_select(dim, index)`: rows or columns picked (and repeated) by index."""
+    """`src.index_select(dim, index)`: rows or columns picked (and repeated) by index, each
+    multiplied by its entry of `factors` when given (Net2Net's split writer columns)."""
 
     src: Task
     dim: int
     index: tuple[int, ...]
+    factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         size = self.src.shape[self.dim] if 0 <= self.dim < len(self.src.shape) else 0
         if not all(0 <= i < size for i in self.index):
             raise ShapeError(f"index out of range for dim {self.dim} of {list(self.src.shape)}")
+        if self.factors is not None and len(self.factors) != len(self.index):
+            raise ShapeError("one factor per selected index is needed")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -122,7 +147,7 @@ class IndexSelect(Task):
 
     @property
     def dtype(self) -> str:
-        return self.src.dtype
+        return self.src.dtype if self.factors is None else F32
 
     def inputs(self) -> tuple[Task, ...]:
         return (self.src,)
@@ -158,28 +183,6 @@ class Concat(Task):
 
 
 @dataclass(frozen=True)
-class Transpose(Task):
-    """The transpose of a 2-D tensor."""
-
-    src: Task
-
-    def __post_init__(self) -> None:
-        if len(self.src.shape) != 2:
-            raise ShapeError(f"cannot transpose a {len(self.src.shape)}-D tensor")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.src.shape[1], self.src.shape[0])
-
-    @property
-    def dtype(self) -> str:
-        return self.src.dtype
-
-    def inputs(self) -> tuple[Task, ...]:
-        return (self.src,)
-
-
-@dataclass(frozen=True)
 class Add(Task):
     a: Task
     b: Task
@@ -202,16 +205,10 @@ class Add(Task):
 
 @dataclass(frozen=True)
 class Scale(Task):
-    """`src * factor`, or `src * factor[broadcast]` when `by` is a vector task along `dim`."""
+    """`src * factor`."""
 
     src: Task
-    factor: float = 1.0
-    by: Task | None = None
-    dim: int = 0
-
-    def __post_init__(self) -> None:
-        if self.by is not None and (len(self.by.shape) != 1 or self.by.shape[0] != self.src.shape[self.dim]):
-            raise ShapeError(f"cannot scale dim {self.dim} of {list(self.src.shape)} by {list(self.by.shape)}")
+    factor: float
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -222,28 +219,7 @@ class Scale(Task):
         return F32
 
     def inputs(self) -> tuple[Task, ...]:
-        return (self.src,) if self.by is None else (self.src, self.by)
-
-
-@dataclass(frozen=True)
-class MatMul(Task):
-    a: Task
-    b: Task
-
-    def __post_init__(self) -> None:
-        if len(self.a.shape) != 2 or len(self.b.shape) != 2 or self.a.shape[1] != self.b.shape[0]:
-            raise ShapeError(f"cannot multiply {list(self.a.shape)} by {list(self.b.shape)}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.a.shape[0], self.b.shape[1])
-
-    @property
-    def dtype(self) -> str:
-        return F32
-
-    def inputs(self) -> tuple[Task, ...]:
-        return (self.a, self.b)
+        return (self.src,)
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,13 @@ def verify(
         context = OracleContext(store, Path(scratch))
         oracle = context.load_model(against or plan.base.digest)
         if against is None:
-            for step in plan.spec["steps"]:
+            for step in plan.steps:
                 oracle = OPERATORS[step["op"]].oracle(oracle, step, context)
-        description = f"from_pretrained({against})" if against else _describe(plan.spec)
+        description = f"from_pretrained({against})" if against else _describe(plan.steps)
         tokens = fixed_inputs(min(oracle.config.vocab_size, composed.config.vocab_size))
         diff = (outputs_of(composed, tokens) - outputs_of(oracle, tokens)).abs().max().item()
     return VerifyReport(diff, tolerance, description, list(tokens.shape))
 
 
-def _describe(spec: dict[str, Any]) -> str:
-    steps = [step["op"] for step in spec["steps"]]
-    return "from_pretrained(base)" + "".join(f" + {op} oracle" for op in steps)
+def _describe(steps: list[dict[str, Any]]) -> str:
+    return "from_pretrained(base)" + "".join(f" + {step['op']} oracle" for step in steps)

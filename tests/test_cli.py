@@ -62,4 +62,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "registered demo-merged@v1" in out
     assert "verify against PEFT's merge_and_unload: max-abs logits diff 0 (ok)" in out
     assert "├── adapter:" in out or "└── adapter:" in out
+    assert "verify grown vs original: max-abs logits diff" in out and "(ok)" in out.split("grown vs original")[1]
+    assert "no tensors stored" in out
     assert "audit: ok" in out

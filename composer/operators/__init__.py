@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ..model_state import BankSource, ModelState
 from ..oracle import OracleContext
-from . import lora
+from . import depth, ffn, heads, hidden, lora
 
 
 class Operator(Protocol):
@@ -31,4 +31,8 @@ class Operator(Protocol):
 
 OPERATORS: dict[str, Operator] = {
     lora.NAME: lora,
+    depth.NAME: depth,
+    ffn.NAME: ffn,
+    heads.NAME: heads,
+    hidden.NAME: hidden,
 }

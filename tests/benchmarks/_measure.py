@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ def measure(label: str, argv: list[str], env: dict[str, str] | None = None) -> M
     return Measurement(label, seconds, usage.ru_maxrss / 1024)
 
 
-def median_of(runs: int, label: str, make: Callable[[], Measurement], between: Callable[[], None]) -> Measurement:
+def median_of(
+    runs: int, label: str, make: Callable[[], Measurement], between: Callable[[], None] = lambda: None
+) -> Measurement:
     """Median wall time (and the largest peak RSS) of `runs` repetitions, `between` run after each."""
     results = []
     for _ in range(runs):
@@ -43,6 +48,15 @@ def median_of(runs: int, label: str, make: Callable[[], Measurement], between: C
         between()
     results.sort(key=lambda m: m.seconds)
     return Measurement(label, results[len(results) // 2].seconds, max(m.peak_rss_mb for m in results))
+
+
+def run_worker(label: str, kind: str, *args: str) -> Measurement:
+    """One `_workers.py` run in a fresh process (dirty pages flushed first), timed after imports."""
+    os.sync()
+    script = str(Path(__file__).with_name("_workers.py"))
+    out = subprocess.run([sys.executable, script, kind, *args], check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return Measurement(label, result["seconds"], result["peak_rss_mb"])
 
 
 def machine() -> str:
@@ -54,3 +68,14 @@ def machine() -> str:
 
 def drop_dir(path: str) -> None:
     subprocess.run(["rm", "-rf", path], check=True)
+
+
+def print_pairs(pairs: list[tuple[Measurement, Measurement, float]]) -> None:
+    """peer vs weightbank rows: seconds, peak RSS, ratio and target."""
+    print(f"{'peer':<30}{'s':>7}{'RSS MiB':>9}  {'weightbank':<28}{'s':>7}{'RSS MiB':>9}{'ratio':>7}{'target':>8}")
+    for peer, ours, target in pairs:
+        ratio = ours.seconds / peer.seconds
+        print(
+            f"{peer.label:<30}{peer.seconds:>7.2f}{peer.peak_rss_mb:>9.0f}  "
+            f"{ours.label:<28}{ours.seconds:>7.2f}{ours.peak_rss_mb:>9.0f}{ratio:>7.2f}{target:>8.2f}"
+        )

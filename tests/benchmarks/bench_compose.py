@@ -14,77 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from _measure import drop_dir, machine
+from _measure import Measurement, drop_dir, machine, median_of, print_pairs, run_worker
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def worker(kind: str, args: list[str]) -> None:
-    """Runs in a child: import, then time one operation; prints JSON."""
-    import torch
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    from transformers import AutoModelForCausalLM
-
-    device, dtype_name, *rest = args
-    dtype = getattr(torch, dtype_name)
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    if kind == "from_pretrained":
-        model = AutoModelForCausalLM.from_pretrained(rest[0], dtype=dtype, device_map=device)
-    elif kind == "compose":
-        from weightbank.composer import compose
-
-        spec = json.loads(rest[1])
-        model, _ = compose(spec, device=device, dtype=dtype_name, store=rest[0])
-    elif kind == "compose_out":
-        from weightbank.composer import write
-
-        write(json.loads(rest[1]), out_dir=rest[2], dtype=dtype_name, store=rest[0])
-        model = None
-    elif kind == "peft_merge_save":
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(rest[0], dtype=dtype, device_map=device)
-        model = PeftModel.from_pretrained(base, rest[1]).merge_and_unload()
-        model.save_pretrained(rest[2])
-    else:
-        raise SystemExit(f"unknown worker {kind}")
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": usage / 1024, "import_rss_mb": baseline_rss / 1024}))
-    del model
-
-
-def run_worker(kind: str, *args: str) -> dict[str, float]:
-    os.sync()
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, *args], check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def median(runs: int, kind: str, *args: str, between: object = None) -> dict[str, float]:
-    results = []
-    for _ in range(runs):
-        results.append(run_worker(kind, *args))
-        if callable(between):
-            between()
-    results.sort(key=lambda r: r["seconds"])
-    middle = dict(results[len(results) // 2])
-    middle["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
-    return middle
 
 
 SETUP = """
@@ -115,16 +53,12 @@ print(json.dumps({"total": sum(sizes), "largest": max(sizes)}))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--layers", type=int, default=9)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
-    args, extra = parser.parse_known_args()
-    if args.worker:
-        worker(args.worker[0], [*args.worker[1:], *extra])
-        return
+    args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-compose-"))
     work.mkdir(parents=True, exist_ok=True)
     setup = subprocess.run(
@@ -140,29 +74,24 @@ def main() -> None:
     common = (args.device, args.dtype)
     out = str(work / "out")
 
+    def timed(label: str, kind: str, *rest: str, between: Callable[[], None] = lambda: None) -> Measurement:
+        return median_of(args.runs, label, lambda: run_worker(label, kind, *common, *rest), between)
+
+    clear_out = lambda: drop_dir(out)  # noqa: E731
     pairs = [
-        ("A", "from_pretrained(base)", median(args.runs, "from_pretrained", *common, str(work / "base")),
-         "compose(base)", median(args.runs, "compose", *common, store, base_spec), 1.05),
-        ("B", "from_pretrained(merged)", median(args.runs, "from_pretrained", *common, str(work / "merged")),
-         "compose(base+LoRA)", median(args.runs, "compose", *common, store, lora_spec), 1.2),
-        ("C", "PEFT merge + save_pretrained",
-         median(args.runs, "peft_merge_save", *common, str(work / "base"), str(work / "lora"), out,
-                between=lambda: drop_dir(out)),
-         "compose --out (streamed)",
-         median(args.runs, "compose_out", *common, store, lora_spec, out, between=lambda: drop_dir(out)), 1.0),
+        (timed("from_pretrained(base)", "from_pretrained", str(work / "base")),
+         timed("compose(base)", "compose", store, base_spec), 1.05),
+        (timed("from_pretrained(merged)", "from_pretrained", str(work / "merged")),
+         timed("compose(base+LoRA)", "compose", store, lora_spec), 1.2),
+        (timed("PEFT merge + save_pretrained", "peft_merge_save", str(work / "base"), str(work / "lora"), out,
+               between=clear_out),
+         timed("compose --out (streamed)", "compose_out", store, lora_spec, out, between=clear_out), 1.0),
     ]  # fmt: skip
     print(f"\nmachine: {machine()}; device {args.device}, dtype {args.dtype}")
     print(f"model: {sizes['total'] / 1e9:.2f} GB, largest tensor {sizes['largest'] / 2**20:.0f} MiB")
-    header = f"{'':2}{'peer':<30}{'s':>7}{'RSS MiB':>9}  {'weightbank':<26}{'s':>7}{'RSS MiB':>9}"
-    print(f"{header}{'ratio':>7}{'target':>8}")
-    for key, peer_label, peer, ours_label, ours, target in pairs:
-        ratio = ours["seconds"] / peer["seconds"]
-        print(
-            f"{key:<2}{peer_label:<30}{peer['seconds']:>7.2f}{peer['peak_rss_mb']:>9.0f}  "
-            f"{ours_label:<26}{ours['seconds']:>7.2f}{ours['peak_rss_mb']:>9.0f}{ratio:>7.2f}{target:>8.2f}"
-        )
+    print_pairs(pairs)
     if args.device == "cuda":
-        compose_rss = max(p[4]["peak_rss_mb"] for p in pairs[:2])
+        compose_rss = max(ours.peak_rss_mb for _, ours, _ in pairs[:2])
         budget = 2 * sizes["largest"] / 2**20 + 400
         print(f"host RSS during compose on the GPU: {compose_rss:.0f} MiB (target ≤ {budget:.0f} MiB)")
     if args.workdir is None:

@@ -1,0 +1,112 @@
+"""`expand.depth`: insert identity blocks (LLaMA-Pro), or duplicate layers (SOLAR, lossy).
+
+    - op: expand.depth
+      layers: 12             # the new total, spread evenly…
+      # insert_every: 4      # …or one block after every 4 original layers
+      # after: [3, 7]        # …or after these original layers (each new block copies that layer)
+      method: identity       # identity (exact) | duplicate (SOLAR-style, lossy: asks lossy: true)
+      noise: 0.01            # optional; added to the new blocks' readers only, so still exact
+      seed: 0
+
+An identity block is a copy of the layer before it with the projections that write into
+the residual stream zeroed (o_proj and down_proj, with their biases; GPT-2's attn.c_proj
+and mlp.c_proj): the block adds exactly zero, so the model computes what it did. Layers are
+renumbered; num_hidden_layers (n_layer) and layer_types follow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from ..architectures import Layout
+from ..growth import choice_parameter, int_parameter, noise_parameter, with_config
+from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
+from ..oracle import OracleContext
+from ..tasks import Fill, Task
+
+NAME = "expand.depth"
+WRITERS = ("o", "down")
+
+
+def insertion_points(layers: int, step: dict[str, Any]) -> list[int]:
+    """Original layer indices after which a block is inserted (one entry per new block)."""
+    given = [key for key in ("layers", "insert_every", "after") if key in step]
+    if len(given) != 1:
+        raise PlanProblem("give exactly one of layers (new total), insert_every or after")
+    if "layers" in step:
+        target = int_parameter(step, "layers")
+        if target <= layers:
+            raise PlanProblem(f"layers must exceed the current {layers}, got {target}")
+        added = target - layers
+        return [max(0, (j + 1) * layers // (added + 1) - 1) for j in range(added)]
+    if "insert_every" in step:
+        every = int_parameter(step, "insert_every")
+        return list(range(every - 1, layers, every))
+    after = step["after"]
+    if not isinstance(after, list) or not after or not all(isinstance(i, int) and 0 <= i < layers for i in after):
+        raise PlanProblem(f"after must list original layer indices in [0, {layers - 1}], got {after!r}")
+    return sorted(after)
+
+
+def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelState:
+    check_parameters(step, {"layers", "insert_every", "after", "method", "lossy", "noise", "seed"})
+    layout = Layout(state.config)
+    method = choice_parameter(step, "method", ("identity", "duplicate"), "identity")
+    noise = noise_parameter(step)
+    if method == "duplicate" and not step.get("lossy"):
+        raise PlanProblem("method duplicate (SOLAR) changes the function; set lossy: true to ask for it")
+    if method == "identity" and layout.family.placement != "pre":
+        raise PlanProblem(
+            f"{layout.family.name} is post-LN: a block's output is renormalised, so no identity block exists "
+            "(use method: duplicate with lossy: true for SOLAR-style growth)"
+        )
+    layers = layout.value("layers")
+    points = insertion_points(layers, step)
+    order: list[tuple[int, bool]] = []  # (source layer, is a new block)
+    for layer in range(layers):
+        order.append((layer, False))
+        order.extend((layer, True) for point in points if point == layer)
+
+    by_layer = _tensors_by_layer(state, layout, layers)
+    writers = _writer_names(layout)
+    tensors = {name: task for name, task in state.tensors.items() if _layer_of(name, layout, layers) is None}
+    for target, (origin, new) in enumerate(order):
+        for suffix, task in by_layer[origin].items():
+            name = layout.layer_prefix(target) + suffix
+            if new and method == "identity" and suffix in writers:
+                task = Fill(task.shape, 0.0, task.dtype)
+            elif new and noise is not None and suffix not in writers:
+                task = noise.add(task, name)
+            tensors[name] = task
+    config = with_config(state, **{layout.key("layers"): len(order)})
+    if isinstance(config.get("layer_types"), list):
+        config["layer_types"] = [state.config["layer_types"][origin] for origin, _ in order]
+    return ModelState(config, tensors)
+
+
+def _writer_names(layout: Layout) -> set[str]:
+    """Layer-relative names of the tensors that write into the residual stream."""
+    return {f"{layout.family.tensors[role]}.{param}" for role in WRITERS for param in ("weight", "bias")}
+
+
+def _layer_of(name: str, layout: Layout, layers: int) -> int | None:
+    for layer in range(layers):
+        if name.startswith(layout.layer_prefix(layer)):
+            return layer
+    return None
+
+
+def _tensors_by_layer(state: ModelState, layout: Layout, layers: int) -> dict[int, dict[str, Task]]:
+    found: dict[int, dict[str, Task]] = {layer: {} for layer in range(layers)}
+    for name, task in state.tensors.items():
+        layer = _layer_of(name, layout, layers)
+        if layer is not None:
+            found[layer][name[len(layout.layer_prefix(layer)) :]] = task
+    return found
+
+
+def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
+    """Identity blocks preserve the function: the source model is the oracle."""
+    return model
