@@ -182,8 +182,20 @@ class Concat(Task):
         return self.parts
 
 
+class _Arithmetic(Task):
+    """Computed in float32, shaped like its first input."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.inputs()[0].shape
+
+    @property
+    def dtype(self) -> str:
+        return F32
+
+
 @dataclass(frozen=True)
-class Add(Task):
+class Add(_Arithmetic):
     a: Task
     b: Task
 
@@ -191,32 +203,16 @@ class Add(Task):
         if self.a.shape != self.b.shape:
             raise ShapeError(f"cannot add {list(self.a.shape)} and {list(self.b.shape)}")
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.a.shape
-
-    @property
-    def dtype(self) -> str:
-        return F32
-
     def inputs(self) -> tuple[Task, ...]:
         return (self.a, self.b)
 
 
 @dataclass(frozen=True)
-class Scale(Task):
+class Scale(_Arithmetic):
     """`src * factor`."""
 
     src: Task
     factor: float
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.src.shape
-
-    @property
-    def dtype(self) -> str:
-        return F32
 
     def inputs(self) -> tuple[Task, ...]:
         return (self.src,)
@@ -238,7 +234,7 @@ class LowRankTerm:
 
 
 @dataclass(frozen=True)
-class LowRankUpdate(Task):
+class LowRankUpdate(_Arithmetic):
     """`base + Σ factorᵢ · (bᵢ @ aᵢ)[ᵀ]`: merged LoRA deltas. The executor computes it in row
     blocks straight into the output, so no full-size float32 temporary is ever made."""
 
@@ -252,20 +248,12 @@ class LowRankUpdate(Task):
             if term.shape != self.base.shape:
                 raise ShapeError(f"ΔW is {list(term.shape)} but the weight is {list(self.base.shape)}")
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.base.shape
-
-    @property
-    def dtype(self) -> str:
-        return F32
-
     def inputs(self) -> tuple[Task, ...]:
         return (self.base, *(t for term in self.terms for t in (term.b, term.a)))
 
 
 @dataclass(frozen=True)
-class Normalize(Task):
+class Normalize(_Arithmetic):
     """DoRA's fold: `src * (magnitude / ‖src‖)`, norms taken across the axis other than `dim`,
     one per index of `dim` (the output features)."""
 
@@ -276,14 +264,6 @@ class Normalize(Task):
     def __post_init__(self) -> None:
         if len(self.src.shape) != 2 or self.magnitude.shape != (self.src.shape[self.dim],):
             raise ShapeError(f"magnitude {list(self.magnitude.shape)} does not fit {list(self.src.shape)}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.src.shape
-
-    @property
-    def dtype(self) -> str:
-        return F32
 
     def inputs(self) -> tuple[Task, ...]:
         return (self.src, self.magnitude)

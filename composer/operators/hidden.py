@@ -97,10 +97,8 @@ def _zero_pad(
     root = math.sqrt(hidden / new_hidden)
     tensors = dict(state.tensors)
 
-    for role in ("embed", "pos_embed"):
-        if layout.has(role):
-            name = f"{layout.module(role)}.weight"
-            tensors[name] = _pad(tensors[name], 1, extra)
+    for name in _embeddings(layout):
+        tensors[name] = _pad(tensors[name], 1, extra)
     lm_head = f"{layout.module('lm_head')}.weight"
     if lm_head in tensors:
         tensors[lm_head] = _pad(tensors[lm_head], 1, extra, noise=noise, label=lm_head)
@@ -126,6 +124,11 @@ def _zero_pad(
         **{layout.key("hidden"): new_hidden, layout.key("eps"): eps, layout.key("head_dim"): layout.value("head_dim")},
     )
     return ModelState(config, tensors)
+
+
+def _embeddings(layout: Layout) -> list[str]:
+    """Token (and learned position) embedding weights: writers whose rows are the stream."""
+    return [f"{layout.module(role)}.weight" for role in ("embed", "pos_embed") if layout.has(role)]
 
 
 def _norm_names(state: ModelState, layout: Layout) -> list[str]:
@@ -156,10 +159,8 @@ def _grow_both(task: Task, layout: Layout, role: str, k: int, noise: NoiseSpec |
 def _duplicate(state: ModelState, layout: Layout, k: int, noise: NoiseSpec | None) -> ModelState:
     hidden = layout.value("hidden")
     tensors = dict(state.tensors)
-    for role in ("embed", "pos_embed"):
-        if layout.has(role):
-            name = f"{layout.module(role)}.weight"
-            tensors[name] = _tile(tensors[name], 1, k)
+    for name in _embeddings(layout):
+        tensors[name] = _tile(tensors[name], 1, k)
     lm_head = f"{layout.module('lm_head')}.weight"
     tied = bool(layout.value("tied"))
     head = state.tensors[f"{layout.module('embed')}.weight"] if tied else state.tensors[lm_head]
