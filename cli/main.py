@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from .compose_commands import compose, verify
 from .context import WeightbankGroup, json_option, registry
 from .growth_commands import analyze, expand, plan_command
 from .output import human_bytes, print_json, print_table
@@ -260,65 +261,6 @@ def gc(ctx: click.Context, dry_run: bool, grace: float, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("spec")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write a from_pretrained folder here.")
-@click.option("--name", help="Register the result as a new bank (next version of NAME).")
-@click.option(
-    "--device",
-    help="Build the model on this device (cpu, cuda, cuda:N, auto); without it --out/--name stream on the CPU.",
-)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Target dtype.")
-@click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor.")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size for --out.")
-@click.option("-m", "--message", default="", help="A note for the log (with --name).")
-@json_option
-@click.pass_context
-def compose(
-    ctx: click.Context,
-    spec: str,
-    out_dir: Path | None,
-    name: str | None,
-    device: str | None,
-    dtype: str | None,
-    dry_run: bool,
-    max_shard_size: str,
-    message: str,
-    as_json: bool,
-) -> None:
-    """Compose a model from SPEC (a composition manifest, JSON or YAML, or a bank ref)."""
-    from .compose_command import run_compose
-
-    run_compose(
-        registry(ctx), spec, out_dir=out_dir, name=name, device=device, dtype=dtype, dry_run=dry_run,
-        max_shard_size=max_shard_size, message=message, as_json=as_json,
-    )  # fmt: skip
-
-
-@cli.command()
-@click.argument("spec")
-@click.option("--against", metavar="REF", help="Compare with this bank instead of the composition's own oracle.")
-@click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Largest max-abs difference accepted.")
-@json_option
-@click.pass_context
-def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float, as_json: bool) -> None:
-    """Run the composed model against its oracle on fixed inputs; exit 1 over tolerance."""
-    from weightbank.composer import verify_composition
-
-    report = verify_composition(spec, against=against, tolerance=tolerance, store=registry(ctx).store)
-    if as_json:
-        print_json({**report.__dict__, "ok": report.ok})
-    else:
-        verdict = "ok" if report.ok else "FAIL"
-        click.echo(
-            f"{verdict}: max-abs difference {report.max_abs_diff:.3g} vs {report.oracle} "
-            f"(tolerance {report.tolerance:g}, inputs {report.inputs[0]}x{report.inputs[1]} tokens)"
-        )
-    if not report.ok:
-        click.echo(f"error: {spec} differs from its oracle by {report.max_abs_diff:.3g} > {tolerance:g}", err=True)
-        sys.exit(1)
-
-
-@cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where to put the demo's folders.")
 @click.pass_context
 def demo(ctx: click.Context, workdir: Path | None) -> None:
@@ -328,6 +270,8 @@ def demo(ctx: click.Context, workdir: Path | None) -> None:
     run_demo(registry(ctx), workdir)
 
 
+cli.add_command(compose)
+cli.add_command(verify)
 cli.add_command(analyze)
 cli.add_command(plan_command)
 cli.add_command(expand)

@@ -1,20 +1,35 @@
-"""`weightbank compose`: dry-run plans, streamed folders and banks, models on devices."""
+"""`compose` and `verify`: building models from composition manifests."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .context import json_option, registry
 from .output import human_bytes, print_json
 
 
-def run_compose(
-    registry: Any,
+@click.command()
+@click.argument("spec")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write a from_pretrained folder here.")
+@click.option("--name", help="Register the result as a new bank (next version of NAME).")
+@click.option(
+    "--device",
+    help="Build the model on this device (cpu, cuda, cuda:N, auto); without it --out/--name stream on the CPU.",
+)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Target dtype.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size for --out.")
+@click.option("-m", "--message", default="", help="A note for the log (with --name).")
+@json_option
+@click.pass_context
+def compose(
+    ctx: click.Context,
     spec: str,
-    *,
     out_dir: Path | None,
     name: str | None,
     device: str | None,
@@ -24,12 +39,15 @@ def run_compose(
     message: str,
     as_json: bool,
 ) -> None:
-    from weightbank.composer import plan, save_model, write
+    """Compose a model from SPEC (a composition manifest, JSON or YAML, or a bank ref)."""
+    from weightbank.composer import plan, save_model
     from weightbank.composer.build import build_model
     from weightbank.composer.executor import Executor
+    from weightbank.composer.write import write_composition
     from weightbank.registry.errors import InputError
 
-    store = registry.store
+    reg = registry(ctx)
+    store = reg.store
     if not (dry_run or out_dir or name or device):
         raise InputError("nothing to do: give --out DIR, --name NEW, --device DEVICE or --dry-run")
     if device is not None and name is not None:
@@ -40,9 +58,9 @@ def run_compose(
         return
     start = time.perf_counter()
     if device is None:
-        result = write(
-            the_plan.spec, out_dir=out_dir, name=name, dtype=dtype, message=message, max_shard_size=max_shard_size,
-            store=store, show_progress=registry.progress,
+        result = write_composition(
+            store, the_plan, out_dir=out_dir, name=name, message=message, max_shard_size=max_shard_size,
+            show_progress=reg.progress,
         )  # fmt: skip
         if as_json:
             print_json(result)
@@ -72,6 +90,30 @@ def run_compose(
             f"composed {summary['model']} on {summary['device']} ({summary['dtype']}, "
             f"{summary['parameters']:,} parameters) in {seconds:.2f} s{saved}"
         )
+
+
+@click.command()
+@click.argument("spec")
+@click.option("--against", metavar="REF", help="Compare with this bank instead of the composition's own oracle.")
+@click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Largest max-abs difference accepted.")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float, as_json: bool) -> None:
+    """Run the composed model against its oracle on fixed inputs; exit 1 over tolerance."""
+    from weightbank.composer import verify_composition
+
+    report = verify_composition(spec, against=against, tolerance=tolerance, store=registry(ctx).store)
+    if as_json:
+        print_json({**report.__dict__, "ok": report.ok})
+    else:
+        verdict = "ok" if report.ok else "FAIL"
+        click.echo(
+            f"{verdict}: max-abs difference {report.max_abs_diff:.3g} vs {report.oracle} "
+            f"(tolerance {report.tolerance:g}, inputs {report.inputs[0]}x{report.inputs[1]} tokens)"
+        )
+    if not report.ok:
+        click.echo(f"error: {spec} differs from its oracle by {report.max_abs_diff:.3g} > {tolerance:g}", err=True)
+        sys.exit(1)
 
 
 def _print_plan(summary: dict[str, Any], as_json: bool) -> None:
