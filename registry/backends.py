@@ -58,6 +58,11 @@ class Backend(Protocol):
     def batch(self) -> AbstractContextManager[None]: ...
 
 
+def in_memory(chunks: Chunks) -> list[bytes | bytearray | memoryview]:
+    """The chunks as buffers: file ranges are read now."""
+    return [chunk.read() if isinstance(chunk, FileRange) else chunk for chunk in chunks]
+
+
 def _temp_name(path: str) -> str:
     head, _, tail = path.rpartition("/")
     return f"{head}/{TEMP_PREFIX}{tail}.{uuid.uuid4().hex}" if head else f"{TEMP_PREFIX}{tail}.{uuid.uuid4().hex}"
@@ -75,17 +80,23 @@ class LocalBackend:
     def _full(self, path: str) -> Path:
         return self.root / path
 
+    def _readable(self, path: str) -> Path:
+        """Where `path`'s bytes are: inside a batch, a file published in it is still under its temporary name."""
+        pending = self._pending
+        staged = pending.get(path) if pending is not None else None
+        return staged if staged is not None else self._full(path)
+
     def read_bytes(self, path: str) -> bytes:
-        return self._full(path).read_bytes()
+        return self._readable(path).read_bytes()
 
     def open_read(self, path: str) -> BinaryIO:
-        return open(self._full(path), "rb")
+        return open(self._readable(path), "rb")
 
     def local_path(self, path: str) -> str | None:
-        return str(self._full(path))
+        return str(self._readable(path))
 
     def size(self, path: str) -> int:
-        return self._full(path).stat().st_size
+        return self._readable(path).stat().st_size
 
     def exists(self, path: str) -> bool:
         return (self._pending is not None and path in self._pending) or self._full(path).is_file()
@@ -138,7 +149,7 @@ class LocalBackend:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Group many atomic writes: inside the block each is written under its temporary
-        name only; on a clean exit all are made durable with one filesystem sync (Linux
+        name only (reads find it there); on a clean exit all are made durable with one filesystem sync (Linux
         `syncfs`; elsewhere one fsync each) and then renamed into place. A name is never
         published before its bytes are on disk; if the block fails, nothing is published
         and the temporary files are removed."""
@@ -233,7 +244,7 @@ class FsspecBackend:
 
     def stage(self, chunks: Chunks, folder: str) -> list[bytes | bytearray | memoryview]:
         """Nothing is written until `publish` knows the name; file ranges are read now."""
-        return [chunk.read() if isinstance(chunk, FileRange) else chunk for chunk in chunks]
+        return in_memory(chunks)
 
     def publish(self, staged: list[bytes | bytearray | memoryview], path: str) -> None:
         target = self._full(path) if self._atomic_put else self._full(_temp_name(path))
@@ -255,6 +266,8 @@ class FsspecBackend:
             out.write(data)
 
     def list_dir(self, path: str) -> list[str]:
+        # Listings are always fresh: another process may have written since (fsspec caches them).
+        self.fs.invalidate_cache(self._full(path))
         try:
             entries = self.fs.ls(self._full(path), detail=False)
         except FileNotFoundError:
@@ -264,6 +277,7 @@ class FsspecBackend:
 
     def walk(self, path: str) -> Iterator[str]:
         prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+        self.fs.invalidate_cache(self._full(path))
         try:
             found = self.fs.find(self._full(path))
         except FileNotFoundError:

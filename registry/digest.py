@@ -38,9 +38,14 @@ def digest_bytes(*parts: bytes | bytearray | memoryview) -> str:
     return format_digest(hasher)
 
 
+def stream_hasher() -> blake3:
+    """A hasher for a stream of unknown length (multithreaded for large chunks)."""
+    return new_hasher(_THREADS_FROM_BYTES)
+
+
 def digest_chunks(chunks: Iterable[bytes]) -> str:
     """Digest of a stream of chunks."""
-    hasher = new_hasher(_THREADS_FROM_BYTES)
+    hasher = stream_hasher()
     for chunk in chunks:
         hasher.update(chunk)
     return format_digest(hasher)

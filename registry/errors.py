@@ -25,3 +25,7 @@ class IntegrityError(WeightbankError):
 
 class ConflictError(WeightbankError):
     """A compare-and-swap update lost the race: someone else wrote that version first."""
+
+
+class RemoteError(WeightbankError):
+    """A remote (S3 bucket, Hub repo, folder) refused or failed a request."""

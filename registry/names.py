@@ -14,11 +14,11 @@ REF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def check_ref_name(name: str) -> str:
-    """A ref name: letters, digits, `.`, `_`, `-`; starts with a letter or digit."""
+def check_ref_name(name: str, what: str = "ref") -> str:
+    """A ref (or remote) name: letters, digits, `.`, `_`, `-`; starts with a letter or digit."""
     if not REF_NAME.fullmatch(name) or ".." in name:
         raise InputError(
-            f"invalid ref name {name!r}: use letters, digits, '.', '_' and '-' "
+            f"invalid {what} name {name!r}: use letters, digits, '.', '_' and '-' "
             "(starting with a letter or digit, no '..', at most 128 characters)"
         )
     return name

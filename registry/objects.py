@@ -6,25 +6,32 @@ Two kinds of object share one namespace (`objects/<2 hex>/<64 hex>`):
 
 Writers hash first and write only what is missing, through the backend's atomic write, so a
 digest never names a partial blob. Readers verify the digest of everything they return.
+
+A store pulled with `--lazy` lacks objects on purpose: the store gives its ObjectStore a
+`fetch` function, and a read of a missing object calls it to bring the object in (verified,
+see `add_verified`) before going on. Callers never see the difference.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from .backends import TEMP_PREFIX, Backend, Chunk
-from .digest import PREFIX, digest_bytes, digest_file, hex_of, is_digest
+from .digest import PREFIX, digest_bytes, digest_file, format_digest, hex_of, is_digest, stream_hasher
 from .errors import IntegrityError, NotFoundError
 from .file_range import FileRange, write_all
 from .safetensors_format import TensorEntry, canonical_header, read_canonical_entry
 
 Buffer = bytes | bytearray | memoryview
 OBJECTS_DIR = "objects"
+# Brings a missing object into the store (from a remote it was lazily pulled from); False if it cannot.
+Fetch = Callable[[str], bool]
+T = TypeVar("T")
 
 
 def _check(digest: str, actual: str) -> None:
@@ -50,14 +57,16 @@ class PutResult:
 class ObjectStore:
     """Content-addressed blobs on a backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, fetch: Fetch | None = None) -> None:
         self.backend = backend
+        self.fetch = fetch
 
     def has(self, digest: str) -> bool:
+        """Whether the object is here (never fetches)."""
         return self.backend.exists(object_path(digest))
 
     def size(self, digest: str) -> int:
-        return self.backend.size(object_path(digest))
+        return self._on_backend(digest, self.backend.size)
 
     def put(self, data: Buffer) -> PutResult:
         """Store a file object (hashed first; written only when missing)."""
@@ -98,15 +107,51 @@ class ObjectStore:
             self.backend.publish(staged.result(), path)
         return PutResult(digest, size, created=True)
 
+    def add_verified(self, digest: str, chunks: Iterable[Buffer], source: str) -> int:
+        """Store an object whose digest is known, from a stream of its bytes (a download from
+        `source`): the bytes are staged and hashed as they pass, and published only if they
+        hash to `digest`; otherwise nothing is kept and IntegrityError names the object.
+        Returns the object's size."""
+        hasher = stream_hasher()
+        size = 0
+
+        def hashed() -> Iterator[Buffer]:
+            nonlocal size
+            for chunk in chunks:
+                hasher.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        staged = self.backend.stage(hashed(), OBJECTS_DIR)
+        actual = format_digest(hasher)
+        if actual != digest:
+            self.backend.discard(staged)
+            raise IntegrityError(f"object {digest} from {source} is corrupt: its bytes hash to {actual}; not stored")
+        self.backend.publish(staged, object_path(digest))
+        return size
+
     def _missing(self, digest: str) -> NotFoundError:
         return NotFoundError(f"object {digest} is missing from the store at {self.backend.url}")
 
-    def read(self, digest: str) -> bytes:
-        """The object's bytes, verified against its digest."""
+    def _fetch(self, digest: str) -> None:
+        if self.fetch is None or not self.fetch(digest):
+            raise self._missing(digest)
+
+    def _on_backend(self, digest: str, operation: Callable[[str], T]) -> T:
+        """`operation(path of the object)`; a missing object is fetched first where the store can."""
+        path = object_path(digest)
         try:
-            data = self.backend.read_bytes(object_path(digest))
+            return operation(path)
+        except FileNotFoundError:
+            self._fetch(digest)
+        try:
+            return operation(path)
         except FileNotFoundError:
             raise self._missing(digest) from None
+
+    def read(self, digest: str) -> bytes:
+        """The object's bytes, verified against its digest."""
+        data = self._on_backend(digest, self.backend.read_bytes)
         _check(digest, digest_bytes(data))
         return data
 
@@ -122,12 +167,16 @@ class ObjectStore:
             raise self._missing(digest) from None
 
     def local_path(self, digest: str) -> str | None:
-        """Path of the object on local disk (for memory-mapping), or None on remote stores."""
-        return self.backend.local_path(object_path(digest))
+        """Path of the object on local disk (for memory-mapping), or None on remote stores.
+        A missing object is fetched first where the store can."""
+        path = self.backend.local_path(object_path(digest))
+        if path is not None and self.fetch is not None and not os.path.exists(path):
+            self._fetch(digest)
+        return path
 
     def tensor_entry(self, digest: str) -> TensorEntry:
         """dtype and shape of a tensor object, read from its header (not verified)."""
-        with self._open(digest) as stream:
+        with self.open(digest) as stream:
             entry, _ = read_canonical_entry(stream, self.size(digest), f"object {digest}")
         return entry
 
@@ -145,7 +194,7 @@ class ObjectStore:
             entry, data_start = read_canonical_entry(io.BytesIO(data), len(data), f"object {digest}")
             write_all(out_fd, memoryview(data)[data_start:])
             return entry
-        with self._open(digest) as stream:
+        with self.open(digest) as stream:
             size = os.fstat(stream.fileno()).st_size
             entry, data_start = read_canonical_entry(stream, size, f"object {digest}")
             payload = FileRange(stream.fileno(), data_start, entry.nbytes)
@@ -159,11 +208,9 @@ class ObjectStore:
                 payload.copy_into(out_fd)
         return entry
 
-    def _open(self, digest: str) -> BinaryIO:
-        try:
-            return self.backend.open_read(object_path(digest))
-        except FileNotFoundError:
-            raise self._missing(digest) from None
+    def open(self, digest: str) -> BinaryIO:
+        """A stream of the object's bytes (not verified: the reader hashes what it reads)."""
+        return self._on_backend(digest, self.backend.open_read)
 
     def __iter__(self) -> Iterator[str]:
         """Digests of every object in the store."""

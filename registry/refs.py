@@ -4,7 +4,8 @@ A ref `NAME` is a folder `refs/NAME/` of create-only entries `v00000001`, `v0000
 each entry is a MES v1 ref-entry document naming a manifest digest. Creating version N is a
 compare-and-swap: the entry is published with a create-only write, so of two writers racing
 for the same N exactly one succeeds and the other gets ConflictError. Nothing is ever
-rewritten or deleted; `rollback` appends an entry that points back.
+deleted; `rollback` appends an entry that points back. The one rewrite is `replace`, which
+`pull` uses to renumber local versions that were never pushed (see `remotes.history`).
 
 Ref syntax accepted everywhere: `NAME` (latest), `NAME@vN` (or `NAME@N`), `blake3:<hex>`.
 """
@@ -148,12 +149,23 @@ class RefStore:
 
     def append(self, entry: RefEntry) -> RefEntry:
         """Publish `entry` as version `entry.version`; ConflictError if that version exists."""
-        document = entry.to_document()
-        validate(document, "ref-entry", f"ref entry {entry.name}@v{entry.version}")
         try:
-            self.backend.create_exclusive(entry_path(entry.name, entry.version), canonical_json(document))
+            self.backend.create_exclusive(entry_path(entry.name, entry.version), encode_entry(entry))
         except FileExistsError:
             raise ConflictError(
                 f"ref {entry.name!r} was updated concurrently: v{entry.version} already exists"
             ) from None
         return entry
+
+    def replace(self, entry: RefEntry) -> RefEntry:
+        """Overwrite version `entry.version` atomically. Only for renumbering local versions
+        that no remote has seen (pull moves them after the remote's); everything else appends."""
+        self.backend.write_atomic(entry_path(entry.name, entry.version), [encode_entry(entry)])
+        return entry
+
+
+def encode_entry(entry: RefEntry) -> bytes:
+    """The canonical bytes of a ref entry, validated."""
+    document = entry.to_document()
+    validate(document, "ref-entry", f"ref entry {entry.name}@v{entry.version}")
+    return canonical_json(document)
