@@ -7,11 +7,14 @@ from typing import Any
 
 from .audit import CheckReport, audit, fsck
 from .checkpoints import DEFAULT_MAX_SHARD_SIZE
+from .errors import InputError
 from .export import ExportResult, export_bank
 from .gc import DEFAULT_GRACE_SECONDS, GcReport, collect_garbage
 from .ingest import IngestResult, ingest_folder
 from .provenance import Lineage, build_lineage
 from .refs import RefEntry
+from .remotes import DEFAULT_JOBS, Remote, TransferResult, config, transfer
+from .remotes.urls import open_remote
 from .store import Store
 
 
@@ -88,3 +91,56 @@ class Registry:
     def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> GcReport:
         """Remove objects and manifests no version of any ref reaches (older than the grace period)."""
         return collect_garbage(self.store, dry_run=dry_run, grace_seconds=grace_seconds)
+
+    def remote_add(self, name: str, url: str) -> Remote:
+        """Record remote `name` at `url`: `file://PATH`, `s3://BUCKET/PREFIX`, `hf://OWNER/REPO`
+        or `hf://datasets/OWNER/REPO`. Nothing is contacted."""
+        return config.add(self.store, name, url)
+
+    def remote_ls(self) -> list[Remote]:
+        """The remotes this store knows, by name."""
+        return [remote for _name, remote in sorted(config.load(self.store).items())]
+
+    def remote_rm(self, name: str) -> Remote:
+        """Forget remote `name` (nothing on the remote changes)."""
+        return config.remove(self.store, name)
+
+    def push(self, remote: str, refs: list[str], *, jobs: int | None = None) -> TransferResult:
+        """Send `refs` to a remote (a name, or a URL) with everything they need that it lacks:
+        objects, then manifests, then ref versions (compare-and-swap; ConflictError if the
+        remote has other versions: pull, then push again). `jobs`: objects moved at once (default 8).
+
+        Example:
+            >>> reg.push("origin", ["llama-1b", "my-lora"])      # doctest: +SKIP
+        """
+        target = config.find(self.store, remote)
+        return transfer.push(
+            self.store, open_remote(target.url), _some(refs), label=target.name or target.url,
+            jobs=jobs or DEFAULT_JOBS, progress=self.progress,
+        )  # fmt: skip
+
+    def pull(self, remote: str, refs: list[str], *, lazy: bool = False, jobs: int | None = None) -> TransferResult:
+        """Fetch `refs` from a remote (a name, or a URL) with everything they need that this store
+        lacks, every object verified before it is stored. With `lazy`, objects stay on the remote
+        and are fetched when something reads them (e.g. compose).
+
+        Example:
+            >>> reg.pull("origin", ["my-lora"], lazy=True)        # doctest: +SKIP
+        """
+        source = config.find(self.store, remote)
+        if lazy:
+            if not source.name:
+                raise InputError(
+                    "pull --lazy needs a named remote to fetch from later (weightbank remote add NAME URL)"
+                )
+            config.mark_lazy(self.store, source.name)
+        return transfer.pull(
+            self.store, open_remote(source.url), _some(refs), label=source.name or source.url,
+            jobs=jobs or DEFAULT_JOBS, progress=self.progress, lazy=lazy,
+        )  # fmt: skip
+
+
+def _some(refs: list[str]) -> list[str]:
+    if not refs:
+        raise InputError("name at least one ref")
+    return refs

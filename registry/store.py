@@ -29,13 +29,19 @@ class Store:
 
     def __init__(self, location: str | Path | None = None, backend: Backend | None = None) -> None:
         self.backend = backend or open_backend(location or default_location())
-        self.objects = ObjectStore(self.backend)
+        self.objects = ObjectStore(self.backend, fetch=self._fetch_missing)
         self.manifests = ManifestStore(self.backend)
         self.refs = RefStore(self.backend)
 
     @property
     def url(self) -> str:
         return self.backend.url
+
+    def _fetch_missing(self, digest: str) -> bool:
+        """Bring a missing object in from a remote this store was lazily pulled from."""
+        from .remotes.lazy import fetch_object  # remotes build on Store: imported on a miss only
+
+        return fetch_object(self, digest)
 
     def hash_cache(self) -> HashCache | None:
         """The remembered digests of local checkpoint files (local stores only)."""

@@ -1,0 +1,34 @@
+"""On-demand objects for stores pulled with `--lazy`.
+
+`pull --lazy` copies manifests and ref entries only, and marks the remote lazy in the store's
+remotes file. When anything later reads an object the store lacks (the composer loading a
+tensor, export, audit), the store's ObjectStore calls `fetch_object`: the object is downloaded
+from the first lazy remote that has it, verified against its digest and published in the local
+store, where it stays like any other object. Composing from a lazily pulled base and a few
+adapters therefore downloads exactly the objects the plan reads.
+"""
+
+from __future__ import annotations
+
+from ..objects import object_path
+from ..store import Store
+from . import config
+from .transfer import read_chunks
+from .urls import open_remote
+
+
+def fetch_object(store: Store, digest: str) -> bool:
+    """Download a missing object into `store` from one of its lazy remotes; False if none has it."""
+    for remote in config.load(store).values():
+        if not remote.lazy:
+            continue
+        source = open_remote(remote.url)
+        try:
+            # The remote's backend, not its ObjectStore: a remote never fetches on our behalf.
+            stream = source.backend.open_read(object_path(digest))
+        except FileNotFoundError:
+            continue
+        with stream:
+            store.objects.add_verified(digest, read_chunks(stream, lambda _n: None), source=source.url)
+        return True
+    return False

@@ -1,0 +1,195 @@
+"""Moving banks between two stores: push (local → remote) and pull (remote → local).
+
+1. The closure of the refs: their histories, manifests and objects (`closure`).
+2. What the receiving side lacks, found in bulk: one listing per shard folder the closure
+   touches (`objects/ab/`), asked afresh every time, never remembered from a previous run.
+3. Objects, copied by `jobs` threads. Each is hashed as it arrives and published only if it
+   matches its digest (`ObjectStore.add_verified`). Writes are grouped in the receiving
+   backend's `batch()`: one Hub commit, or one local sync, per group of at most GROUP_FILES
+   files and GROUP_BYTES bytes. Manifests go with the last group, after every object.
+4. Ref entries last, create-only (see `history`), so a ref never names anything missing.
+
+An interrupted transfer leaves complete objects (S3: each one; a folder or the Hub: each
+finished group) and no partial ones; a re-run lists again and sends only the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, TypeVar
+
+from ..digest import hex_of
+from ..errors import ConflictError
+from ..manifests import MANIFESTS_DIR, manifest_path
+from ..objects import OBJECTS_DIR
+from ..progress import Advance, byte_progress
+from ..refs import RefEntry, encode_entry
+from ..store import Store
+from . import closure, history
+
+DEFAULT_JOBS = 8
+CHUNK_BYTES = 8 << 20
+GROUP_FILES = 100  # the Hub recommends commits of fewer than 100 files
+GROUP_BYTES = 1 << 30
+REF_ATTEMPTS = 5
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a push or pull moved. `bytes` counts every payload byte sent: objects, manifests
+    and ref entries. `present`: objects of the closure the receiving side already had."""
+
+    remote: str
+    objects: int
+    object_bytes: int
+    manifests: int
+    refs: list[str]
+    bytes: int
+    present: int
+    moved: list[str] = field(default_factory=list)  # pull: local-only versions renumbered, "name@v2->v3"
+    lazy: bool = False  # pull --lazy: objects were left on the remote
+
+
+def read_chunks(stream: BinaryIO, advance: Advance) -> Iterator[bytes]:
+    """The stream's bytes in CHUNK_BYTES pieces, reporting progress."""
+    while chunk := stream.read(CHUNK_BYTES):
+        advance(len(chunk))
+        yield chunk
+
+
+def missing(store: Store, top: str, digests: Iterable[str], pool: Executor) -> list[str]:
+    """The digests `store` lacks under `top` (objects/ or manifests/), listing only the shard folders they fall in."""
+    shards: dict[str, list[str]] = {}
+    for digest in digests:
+        shards.setdefault(hex_of(digest)[:2], []).append(digest)
+    listings = pool.map(lambda shard: set(store.backend.list_dir(f"{top}/{shard}")), shards)
+    found = zip(shards.values(), listings, strict=True)
+    return sorted(digest for wanted, present in found for digest in wanted if hex_of(digest) not in present)
+
+
+def push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool) -> TransferResult:
+    """Send `refs` (with their closure) from `local` to `remote`; see the module docstring."""
+    need = closure.compute(local, refs)
+    theirs = {name: closure.history(remote, name) for name in need.histories}
+    new_entries = [
+        e for name, ours in need.histories.items() for e in history.unpublished(name, ours, theirs[name], label)
+    ]
+    with ThreadPoolExecutor(jobs) as pool:
+        objects = missing(remote, OBJECTS_DIR, need.objects, pool)
+        manifests = missing(remote, MANIFESTS_DIR, need.manifests, pool)
+        sent = _copy(local, remote, need, objects, manifests, pool, f"push {label}", progress)
+    for name, ours in need.histories.items():
+        _publish(remote, name, ours, label)
+    return TransferResult(
+        remote=remote.url, objects=len(objects), object_bytes=sent, manifests=len(manifests),
+        refs=[f"{e.name}@v{e.version}" for e in new_entries],
+        bytes=sent + sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in new_entries),
+        present=len(need.objects) - len(objects),
+    )  # fmt: skip
+
+
+def pull(
+    local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool, lazy: bool = False
+) -> TransferResult:
+    """Fetch `refs` (with their closure) from `remote` into `local`; with `lazy`, everything
+    but the objects (they are fetched when read, see `lazy`)."""
+    need = closure.compute(remote, refs, have=local)
+    with ThreadPoolExecutor(jobs) as pool:
+        objects = [] if lazy else missing(local, OBJECTS_DIR, need.objects, pool)
+        manifests = missing(local, MANIFESTS_DIR, need.manifests, pool)
+        received = _copy(remote, local, need, objects, manifests, pool, f"pull {label}", progress)
+    added: list[RefEntry] = []
+    moved: list[str] = []
+    for name, theirs in need.histories.items():
+        plan = history.merge(closure.history(local, name), theirs)
+        for entry, overwrite in plan.writes:
+            (local.refs.replace if overwrite else local.refs.append)(entry)
+        added += [entry for entry, _ in plan.writes if entry in theirs]
+        moved += [f"{name}@v{old}->v{new}" for old, new in plan.moved]
+    return TransferResult(
+        remote=remote.url, objects=len(objects), object_bytes=received, manifests=len(manifests),
+        refs=[f"{e.name}@v{e.version}" for e in added],
+        bytes=received + sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in added),
+        present=0 if lazy else len(need.objects) - len(objects), moved=moved, lazy=lazy,
+    )  # fmt: skip
+
+
+def _copy(
+    src: Store,
+    dst: Store,
+    need: closure.Closure,
+    objects: list[str],
+    manifests: list[str],
+    pool: Executor,
+    what: str,
+    progress: bool,
+) -> int:
+    """Copy `objects` (verified on arrival), then `manifests`; return the object bytes copied."""
+    lock = threading.Lock()
+    copied = 0
+    with byte_progress(sum(need.objects[d] for d in objects), what, progress) as bar:
+
+        def advance(count: int) -> object:
+            with lock:
+                return bar(count)
+
+        def copy(digest: str) -> int:
+            with src.objects.open(digest) as stream:
+                return dst.objects.add_verified(digest, read_chunks(stream, advance), source=src.url)
+
+        groups = _groups({digest: need.objects[digest] for digest in objects})
+        for number, group in enumerate(groups, start=1):
+            with dst.backend.batch():
+                copied += sum(_run_all(pool, copy, group))
+                if number == len(groups):
+                    for digest in manifests:
+                        dst.backend.write_atomic(manifest_path(digest), [need.manifests[digest]])
+    return copied
+
+
+def _groups(objects: dict[str, int]) -> list[list[str]]:
+    """Objects in groups of at most GROUP_FILES files and GROUP_BYTES bytes; one group at least
+    (the manifests go with the last one)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for digest, nbytes in objects.items():
+        if groups[-1] and (len(groups[-1]) >= GROUP_FILES or size + nbytes > GROUP_BYTES):
+            groups.append([])
+            size = 0
+        groups[-1].append(digest)
+        size += nbytes
+    return groups
+
+
+def _run_all(pool: Executor, function: Callable[[T], R], items: list[T]) -> list[R]:
+    """`function` over `items` on the pool; on the first failure the rest are cancelled."""
+    futures = [pool.submit(function, item) for item in items]
+    try:
+        return [future.result() for future in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+
+
+def _publish(remote: Store, name: str, ours: list[RefEntry], label: str) -> None:
+    """Publish our versions of `name` that the remote lacks, create-only and in order. If another
+    push takes a version first, the remote is read again: the same target is fine, another is a
+    conflict (raised by `history.unpublished`)."""
+    for _ in range(REF_ATTEMPTS):
+        todo = history.unpublished(name, ours, closure.history(remote, name), label)
+        if not todo:
+            return
+        try:
+            with remote.backend.batch():  # on the Hub: one commit, with parent_commit
+                for entry in todo:
+                    remote.refs.append(entry)
+            return
+        except (ConflictError, FileExistsError):
+            continue
+    raise ConflictError(f"ref {name} on remote {label} kept changing during the push: run it again")
