@@ -14,6 +14,7 @@ from .compose_commands import compose, verify
 from .context import WeightbankGroup, json_option, registry
 from .growth_commands import analyze, expand, plan_command
 from .output import human_bytes, print_json, print_table
+from .remote_commands import pull, push, remote
 
 
 @click.group(cls=WeightbankGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -275,6 +276,9 @@ cli.add_command(verify)
 cli.add_command(analyze)
 cli.add_command(plan_command)
 cli.add_command(expand)
+cli.add_command(remote)
+cli.add_command(push)
+cli.add_command(pull)
 
 
 def main() -> None:
