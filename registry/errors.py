@@ -28,4 +28,4 @@ class ConflictError(WeightbankError):
 
 
 class RemoteError(WeightbankError):
-    """A remote (S3 bucket, Hub repo, folder) refused or failed a request."""
+    """A push or pull failed on the way: the remote refused a request, or I/O failed."""

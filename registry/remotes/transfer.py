@@ -18,11 +18,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
 
 from ..digest import hex_of
-from ..errors import ConflictError
+from ..errors import ConflictError, RemoteError
 from ..manifests import MANIFESTS_DIR, manifest_path
 from ..objects import OBJECTS_DIR
 from ..progress import Advance, byte_progress
@@ -72,8 +73,32 @@ def missing(store: Store, top: str, digests: Iterable[str], pool: Executor) -> l
     return sorted(digest for wanted, present in found for digest in wanted if hex_of(digest) not in present)
 
 
+@contextmanager
+def _failures_named(what: str) -> Iterator[None]:
+    """I/O errors (s3fs, the filesystem) as one line that says which transfer failed."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RemoteError(f"{what} failed: {exc.strerror or exc}{where}") from exc
+
+
 def push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool) -> TransferResult:
     """Send `refs` (with their closure) from `local` to `remote`; see the module docstring."""
+    with _failures_named(f"push to {label}"):
+        return _push(local, remote, refs, label=label, jobs=jobs, progress=progress)
+
+
+def pull(
+    local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool, lazy: bool = False
+) -> TransferResult:
+    """Fetch `refs` (with their closure) from `remote` into `local`; with `lazy`, everything
+    but the objects (they are fetched when read, see `lazy`)."""
+    with _failures_named(f"pull from {label}"):
+        return _pull(local, remote, refs, label=label, jobs=jobs, progress=progress, lazy=lazy)
+
+
+def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool) -> TransferResult:
     need = closure.compute(local, refs)
     theirs = {name: closure.history(remote, name) for name in need.histories}
     new_entries = [
@@ -86,18 +111,16 @@ def push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int,
     for name, ours in need.histories.items():
         _publish(remote, name, ours, label)
     return TransferResult(
-        remote=remote.url, objects=len(objects), object_bytes=sent, manifests=len(manifests),
+        remote=label, objects=len(objects), object_bytes=sent, manifests=len(manifests),
         refs=[f"{e.name}@v{e.version}" for e in new_entries],
         bytes=sent + sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in new_entries),
         present=len(need.objects) - len(objects),
     )  # fmt: skip
 
 
-def pull(
-    local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool, lazy: bool = False
+def _pull(
+    local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool, lazy: bool
 ) -> TransferResult:
-    """Fetch `refs` (with their closure) from `remote` into `local`; with `lazy`, everything
-    but the objects (they are fetched when read, see `lazy`)."""
     need = closure.compute(remote, refs, have=local)
     with ThreadPoolExecutor(jobs) as pool:
         objects = [] if lazy else missing(local, OBJECTS_DIR, need.objects, pool)
@@ -112,7 +135,7 @@ def pull(
         added += [entry for entry, _ in plan.writes if entry in theirs]
         moved += [f"{name}@v{old}->v{new}" for old, new in plan.moved]
     return TransferResult(
-        remote=remote.url, objects=len(objects), object_bytes=received, manifests=len(manifests),
+        remote=label, objects=len(objects), object_bytes=received, manifests=len(manifests),
         refs=[f"{e.name}@v{e.version}" for e in added],
         bytes=received + sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in added),
         present=0 if lazy else len(need.objects) - len(objects), moved=moved, lazy=lazy,
