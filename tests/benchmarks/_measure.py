@@ -20,17 +20,19 @@ class Measurement:
     peak_rss_mb: float
 
 
-def measure(label: str, argv: list[str], env: dict[str, str] | None = None) -> Measurement:
+def measure(label: str, argv: list[str], env: dict[str, str] | None = None, stdout: Path | None = None) -> Measurement:
     """Run `argv` to completion; wall time and the child's own peak RSS (wait4 rusage).
+    The child's standard output goes to the file `stdout`, if given.
 
     Dirty pages left by earlier steps are flushed first (`sync`, untimed) so one step's
     writeback is not billed to the next. The parent must stay small: a forked child's peak
     RSS starts from the parent's.
     """
     os.sync()
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(stdout or os.devnull, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=out)
+        _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
