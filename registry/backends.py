@@ -149,10 +149,10 @@ class LocalBackend:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Group many atomic writes: inside the block each is written under its temporary
-        name only (reads find it there); on a clean exit all are made durable with one filesystem sync (Linux
-        `syncfs`; elsewhere one fsync each) and then renamed into place. A name is never
-        published before its bytes are on disk; if the block fails, nothing is published
-        and the temporary files are removed."""
+        name only (reads find it there); on a clean exit all are made durable with one
+        filesystem sync (Linux `syncfs`; elsewhere one fsync each) and then renamed into
+        place. A name is never published before its bytes are on disk; if the block fails,
+        nothing is published and the temporary files are removed."""
         if self._pending is not None:
             yield
             return

@@ -172,6 +172,7 @@ class ObjectStore:
         path = self.backend.local_path(object_path(digest))
         if path is not None and self.fetch is not None and not os.path.exists(path):
             self._fetch(digest)
+            path = self.backend.local_path(object_path(digest))  # inside a batch: its temporary name
         return path
 
     def tensor_entry(self, digest: str) -> TensorEntry:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ..digest import hex_of
 from ..errors import ConflictError, RemoteError
@@ -42,8 +42,9 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class TransferResult:
-    """What a push or pull moved. `bytes` counts every payload byte sent: objects, manifests
-    and ref entries. `present`: objects of the closure the receiving side already had."""
+    """What a push or pull moved. `remote`: its name (or URL); `bytes` counts every payload
+    byte sent: objects, manifests and ref entries; `present`: objects of the closure the
+    receiving side already had."""
 
     remote: str
     objects: int
@@ -110,12 +111,7 @@ def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int
         sent = _copy(local, remote, need, objects, manifests, pool, f"push {label}", progress)
     for name, ours in need.histories.items():
         _publish(remote, name, ours, label)
-    return TransferResult(
-        remote=label, objects=len(objects), object_bytes=sent, manifests=len(manifests),
-        refs=[f"{e.name}@v{e.version}" for e in new_entries],
-        bytes=sent + sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in new_entries),
-        present=len(need.objects) - len(objects),
-    )  # fmt: skip
+    return _result(label, need, objects, sent, manifests, new_entries, present=len(need.objects) - len(objects))
 
 
 def _pull(
@@ -134,11 +130,24 @@ def _pull(
             (local.refs.replace if overwrite else local.refs.append)(entry)
         added += [entry for entry, _ in plan.writes if entry in theirs]
         moved += [f"{name}@v{old}->v{new}" for old, new in plan.moved]
+    present = 0 if lazy else len(need.objects) - len(objects)
+    return _result(label, need, objects, received, manifests, added, present=present, moved=moved, lazy=lazy)
+
+
+def _result(
+    label: str,
+    need: closure.Closure,
+    objects: list[str],
+    object_bytes: int,
+    manifests: list[str],
+    entries: list[RefEntry],
+    **rest: Any,
+) -> TransferResult:
+    """What moved: the bytes of the objects copied, the manifests and the ref entries."""
+    sizes = sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in entries)
     return TransferResult(
-        remote=label, objects=len(objects), object_bytes=received, manifests=len(manifests),
-        refs=[f"{e.name}@v{e.version}" for e in added],
-        bytes=received + sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in added),
-        present=0 if lazy else len(need.objects) - len(objects), moved=moved, lazy=lazy,
+        remote=label, objects=len(objects), object_bytes=object_bytes, manifests=len(manifests),
+        refs=[f"{e.name}@v{e.version}" for e in entries], bytes=object_bytes + sizes, **rest,
     )  # fmt: skip
 
 

@@ -147,3 +147,19 @@ def test_rollback_on_a_remote_is_pull_rollback_push(remote, tiny_folders, tmp_pa
     assert _json(a("pull", "origin", "m", "--json"))["refs"] == ["m@v3"]
     log = _json(a("log", "m", "--json"))
     assert log[2]["rollback_to"] == 1 and log[2]["target"] == log[0]["target"]
+
+
+def test_a_lazy_store_composes_straight_into_a_new_bank(tiny_folders, lora_folder, tmp_path):
+    """compose --name writes inside one batch of the store: objects fetched during it are read back at once."""
+    a, b = _stores(tmp_path, f"file://{tmp_path / 'remote'}", "a", "b")
+    a("ingest", tiny_folders("llama"), "--name", "base")
+    a("ingest", lora_folder(seed=1), "--name", "lora", "--base", "base")
+    a("push", "origin", "lora")
+    b("pull", "origin", "lora", "--lazy")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"mes_version": "1", "base": Store(b.store).bank("lora").parents[0].digest,
+                                "steps": [{"op": "adapter.lora", "bank": "lora"}]}))  # fmt: skip
+    b("compose", str(spec), "--name", "merged")
+    a("compose", str(spec), "--name", "merged")
+    assert Store(b.store).bank("merged").tensors == Store(a.store).bank("merged").tensors
+    assert _json(b("audit", "merged", "--json"))["ok"]
