@@ -110,6 +110,19 @@ def test_a_corrupt_remote_object_is_named_and_never_stored(remote, tiny_folders,
     assert not any(path.startswith("refs/") for path in files)
 
 
+def test_a_damaged_local_object_is_not_pushed(s3_remote, tiny_folders, tmp_path):
+    (a,) = _stores(tmp_path, s3_remote.url, "a")
+    a("ingest", tiny_folders("llama"), "--name", "base")
+    victim = sorted(Store(a.store).objects)[0]
+    path = a.store / "objects" / victim[7:9] / victim[7:]
+    path.chmod(0o644)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    failed = a("push", "origin", "base", ok=False)
+    assert failed.exit_code == 1 and f"object {victim} from {a.store} is corrupt" in failed.stderr
+    assert victim not in s3_remote.objects() and not any(p.startswith("refs/") for p in s3_remote.paths())
+
+
 def test_lazy_pull_then_compose_fetches_exactly_what_the_plan_reads(remote, tiny_folders, lora_folder, tmp_path):
     a, b = _stores(tmp_path, remote.url, "a", "b")
     a("ingest", tiny_folders("llama"), "--name", "base")
