@@ -126,8 +126,8 @@ def main() -> None:
         return steps.weightbank("pull base", pulled, "pull", "s3://bench/wb", "base")
 
     try:
-        rows = [median_of(args.runs, "s3fs put", fresh_put, lambda: None)]
-        rows.append(median_of(args.runs, "push base", fresh_push, lambda: None))
+        rows = [median_of(args.runs, "s3fs put", fresh_put)]
+        rows.append(median_of(args.runs, "push base", fresh_push))
         steps.s3fs("setup", "put", str(model), "bench/plain")
         steps.weightbank("setup", store, "push", "s3://bench/wb", "base")
         rows.append(median_of(args.runs, "s3fs get", get, lambda: drop_dir(str(got))))
