@@ -15,7 +15,7 @@ JSON shapes, Link-header pagination), so huggingface_hub's own code runs unmodif
 | POST /[datasets/]OWNER/REPO.git/info/lfs/objects/batch | `lfs.post_lfs_batch_info` (no action if stored) |
 | PUT  /lfs-upload/SHA256 | `lfs._upload_single_part` (the sha256 is checked) |
 | POST /api/…/commit/REV (ndjson) | `_send_commit`; `parentCommit` ≠ head → 412 |
-| GET  /[datasets/]OWNER/REPO/resolve/REV/PATH (Range) | downloads |
+| GET  /[datasets/]OWNER/REPO/resolve/REV/PATH | downloads (Range requests are answered too) |
 
 Test hooks: `create_repo`, `corrupt` (serve other bytes for a path), `fail_commits` (answer the
 next commits with a status, before or after applying them), `before_next_commit` (run a
@@ -51,7 +51,6 @@ _ROUTES = [
     ("POST", re.compile("/" + _REPO + r"\.git/info/lfs/objects/batch"), "lfs_batch"),
     ("PUT", re.compile(r"/lfs-upload/(?P<oid>[0-9a-f]{64})"), "lfs_upload"),
     ("GET", re.compile("/" + _REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "resolve"),
-    ("HEAD", re.compile("/" + _REPO + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)"), "resolve"),
 ]
 
 
