@@ -14,6 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SOURCE_FOLDERS = ("registry", "composer", "cli", "schemas")
+
+
+def _source_modules() -> list[str]:
+    """Every module of the source folders, as its path inside the wheel."""
+    return [
+        "weightbank/" + path.relative_to(ROOT).as_posix()
+        for folder in SOURCE_FOLDERS
+        for path in (ROOT / folder).rglob("*.py")
+        if "__pycache__" not in path.parts
+    ]
+
+
 @pytest.mark.slow
 def test_wheel_installs_one_package_with_schemas(tmp_path: Path) -> None:
     subprocess.run(
@@ -27,6 +40,8 @@ def test_wheel_installs_one_package_with_schemas(tmp_path: Path) -> None:
     assert top_level == {"weightbank"}
     assert "weightbank/schemas/bank.schema.json" in names
     assert not any(n.startswith("weightbank/tests") for n in names)
+    missing = sorted(set(_source_modules()) - set(names))
+    assert not missing, f"source modules left out of the wheel: {missing}"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "weightbank = weightbank.cli.main:main" in entry_points and "wb = weightbank.cli.main:main" in entry_points
 
@@ -37,7 +52,7 @@ def test_wheel_installs_one_package_with_schemas(tmp_path: Path) -> None:
         timeout=600,
     )
     probe = (
-        "import weightbank.registry, weightbank.schemas, sys;"
+        "import weightbank.registry, weightbank.schemas, weightbank.registry.remotes, sys;"
         "print(weightbank.registry.__file__);"
         "print(weightbank.schemas.load('bank')['title']);"
         "print('torch' in sys.modules)"
