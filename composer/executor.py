@@ -104,7 +104,7 @@ class _Evaluation:
                 del self.shared[task]
                 return value, True
             return value, False
-        value, owned = self._low_rank(task, out_dtype) if isinstance(task, LowRankUpdate) else self._compute(task)
+        value, owned = self._compute(task, out_dtype)
         if self.remaining[task] > 1:
             self.remaining[task] -= 1
             self.shared[task] = value
@@ -117,7 +117,11 @@ class _Evaluation:
             return value, owned
         return value.float(), True
 
-    def _compute(self, task: Task) -> tuple[torch.Tensor, bool]:
+    def _compute(self, task: Task, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
+        if isinstance(task, LowRankUpdate):
+            return self._low_rank(task, out_dtype)
+        if isinstance(task, IndexSelect):
+            return self._select(task, out_dtype)
         if isinstance(task, Load):
             # Loaded tensors are backed by the object's (copy-on-write) memory map: writing
             # into them would fault in a private copy page by page, so they are not "owned".
@@ -130,22 +134,31 @@ class _Evaluation:
         if isinstance(task, Slice):
             value, _ = self.run(task.src)
             return value.narrow(task.dim, task.start, task.stop - task.start), False
-        if isinstance(task, IndexSelect):
-            value, _ = self.run(task.src)
-            index = torch.tensor(task.index, dtype=torch.long, device=value.device)
-            picked = value.index_select(task.dim, index)
-            if task.factors is None:
-                return picked, True
-            shape = [1] * picked.dim()
-            shape[task.dim] = -1
-            factors = torch.tensor(task.factors, dtype=torch.float32, device=value.device).reshape(shape)
-            return picked.float().mul_(factors), True
         if isinstance(task, Concat):
             parts = [self.run(part)[0] for part in task.parts]
             if task.dtype == F32:
                 parts = [part.float() for part in parts]
             return torch.cat(parts, dim=task.dim), True
         return self._arithmetic(task)
+
+    def _select(self, task: IndexSelect, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
+        """Picked rows or columns; those with a factor other than 1 are multiplied in float32
+        and rounded to the output dtype, the others are copied as they are (x · 1 is x)."""
+        value, _ = self.run(task.src)
+        picked, owned = _index_select(value, task.dim, task.index)
+        if task.factors is None:
+            return picked, owned
+        dtype = out_dtype or torch.float32
+        result = picked.to(dtype, copy=not owned)
+        scaled = [position for position, factor in enumerate(task.factors) if factor != 1]
+        if scaled:
+            positions = torch.tensor(scaled, dtype=torch.long, device=value.device)
+            shape = [1] * picked.dim()
+            shape[task.dim] = -1
+            factors = torch.tensor([task.factors[p] for p in scaled], dtype=torch.float32, device=value.device)
+            products = picked.index_select(task.dim, positions).float().mul_(factors.reshape(shape))
+            result.index_copy_(task.dim, positions, products.to(dtype))
+        return result, True
 
     def _low_rank(self, task: LowRankUpdate, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
         """base + Σ factor·(b@a)[ᵀ], in blocks of rows: each block's deltas are computed in
@@ -198,6 +211,17 @@ class _Evaluation:
             factor = (magnitude / norm).unsqueeze(other)
             return (value.mul_(factor) if owned else value * factor), True
         raise TypeError(f"no executor for {type(task).__name__}")
+
+
+def _index_select(value: torch.Tensor, dim: int, index: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """(`value.index_select(dim, index)`, owned). The leading run 0, 1, …, k-1 that growth
+    operators keep is taken as one slice: gathering most of a matrix's columns one by one
+    is several times slower than copying them as a block."""
+    kept = next((position for position, i in enumerate(index) if position != i), len(index))
+    if kept == len(index):
+        return value.narrow(dim, 0, kept), False
+    rest = value.index_select(dim, torch.tensor(index[kept:], dtype=torch.long, device=value.device))
+    return (torch.cat([value.narrow(dim, 0, kept), rest], dim) if kept else rest), True
 
 
 def peak_bytes_estimate(targets: Iterable[Target]) -> int:

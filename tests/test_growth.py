@@ -84,6 +84,16 @@ def test_growth_is_exact_and_loads(family: str, case: str, family_stores, tmp_pa
         assert torch.equal(reloaded(TOKENS).logits, grown(TOKENS).logits)
 
 
+@pytest.mark.parametrize("case", ["depth", "ffn-duplicate", "ffn-noise", "hidden-duplicate"])
+def test_half_precision_growth_is_the_float32_growth_rounded_once(case: str, family_stores) -> None:
+    registry = family_stores["llama"]
+    spec = {"mes_version": "1", "base": "base", "steps": [SUPPORTED[case]]}
+    half = compose(spec, store=registry.store, dtype="bfloat16")[0].state_dict()
+    full = compose(spec, store=registry.store, dtype="float32")[0].state_dict()
+    assert half.keys() == full.keys()
+    assert all(half[k].dtype == torch.bfloat16 and torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)
+
+
 def test_chain_with_a_lora_first_equals_peft_merged_source(family_stores, tiny_folders, tmp_path: Path) -> None:
     registry = family_stores["llama"]
     adapter = make_lora(tiny_folders("llama"), tmp_path / "lora", seed=2, r=4, lora_alpha=8,
