@@ -28,6 +28,7 @@ Refused: post-LN models and Gemma (embeddings scaled by √hidden and tied to th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -107,23 +108,27 @@ def _zero_pad(
             tensors[norm] = _pad(Scale(tensors[norm], root), 0, extra, root)
         else:
             tensors[norm] = _pad(tensors[norm], 0, extra)
-    for layer in range(layout.value("layers")):
-        for role in INTERNAL:
-            if not layout.has(role):
-                continue
-            weight, bias = weight_and_bias(state, layout, role, layer)
-            if role in ("o", "down"):
-                tensors[weight] = _pad(tensors[weight], layout.out_axis(role), extra)
-                if bias is not None:
-                    tensors[bias] = _pad(tensors[bias], 0, extra)
-            else:
-                tensors[weight] = _pad(tensors[weight], layout.in_axis(role), extra, noise=noise, label=weight)
+    for role, weight, bias in _internal_weights(state, layout):
+        if role in ("o", "down"):
+            tensors[weight] = _pad(tensors[weight], layout.out_axis(role), extra)
+            if bias is not None:
+                tensors[bias] = _pad(tensors[bias], 0, extra)
+        else:
+            tensors[weight] = _pad(tensors[weight], layout.in_axis(role), extra, noise=noise, label=weight)
     eps = layout.value("eps") * (hidden / new_hidden if rescale_eps else 1.0)
     config = with_config(
         state,
         **{layout.key("hidden"): new_hidden, layout.key("eps"): eps, layout.key("head_dim"): layout.value("head_dim")},
     )
     return ModelState(config, tensors)
+
+
+def _internal_weights(state: ModelState, layout: Layout) -> Iterator[tuple[str, str, str | None]]:
+    """(role, weight name, bias name or None) of every block's projections, layer by layer."""
+    for layer in range(layout.value("layers")):
+        for role in INTERNAL:
+            if layout.has(role):
+                yield (role, *weight_and_bias(state, layout, role, layer))
 
 
 def _embeddings(layout: Layout) -> list[str]:
@@ -167,19 +172,15 @@ def _duplicate(state: ModelState, layout: Layout, k: int, noise: NoiseSpec | Non
     tensors[lm_head] = _tile(head, 1, k, 1.0 / k, noise, lm_head)
     for norm in _norm_names(state, layout):
         tensors[norm] = _tile(tensors[norm], 0, k)
-    for layer in range(layout.value("layers")):
-        for role in INTERNAL:
-            if not layout.has(role):
-                continue
-            weight, bias = weight_and_bias(state, layout, role, layer)
-            if role == "qkv":  # GPT-2's fused [q | k | v]: tile each block
-                tensors[weight] = _blockwise(tensors[weight], layout, role, k, noise, weight)
-                if bias is not None:
-                    tensors[bias] = Concat(tuple(_tile(b, 0, k) for b in _thirds(tensors[bias], 0, hidden)), 0)
-                continue
-            tensors[weight] = _grow_both(tensors[weight], layout, role, k, noise, weight)
+    for role, weight, bias in _internal_weights(state, layout):
+        if role == "qkv":  # GPT-2's fused [q | k | v]: tile each block
+            tensors[weight] = _blockwise(tensors[weight], layout, role, k, noise, weight)
             if bias is not None:
-                tensors[bias] = _tile(tensors[bias], 0, k)
+                tensors[bias] = Concat(tuple(_tile(b, 0, k) for b in _thirds(tensors[bias], 0, hidden)), 0)
+            continue
+        tensors[weight] = _grow_both(tensors[weight], layout, role, k, noise, weight)
+        if bias is not None:
+            tensors[bias] = _tile(tensors[bias], 0, k)
     updates: dict[str, Any] = {layout.key("hidden"): hidden * k, layout.key("heads"): layout.value("heads") * k}
     if "kv_heads" in layout.family.config:
         updates[layout.key("kv_heads")] = layout.value("kv_heads") * k
