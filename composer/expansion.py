@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from weightbank.registry.banks import Parent, TensorRecord, new_bank_manifest
-from weightbank.registry.digest import digest_bytes
 from weightbank.registry.errors import InputError
-from weightbank.registry.file_range import FileRange
-from weightbank.registry.ingest import scan_folder
+from weightbank.registry.ingest import scan_folder, tensor_ranges
+from weightbank.registry.manifests import canonical_json
 from weightbank.registry.names import check_ref_name
+from weightbank.registry.objects import tensor_object_digest
 from weightbank.registry.provenance import new_activity
 from weightbank.registry.refs import RefEntry
-from weightbank.registry.safetensors_format import canonical_header
 from weightbank.registry.store import Store
 
 from .dtypes import to_torch
@@ -62,8 +61,8 @@ def expand(store: Store, ref: str, name: str, steps: list[dict[str, Any]], *, me
         recipe={"steps": recipe},
         config=plan.config,
     )
-    entry, digest = _record(store, name, manifest, "expand", message)
-    return ExpansionResult(name, entry.version, digest, recipe, plan.parameters(), 0, 0, _size(store, digest))
+    entry, digest, size = _record(store, name, manifest, "expand", message)
+    return ExpansionResult(name, entry.version, digest, recipe, plan.parameters(), 0, 0, size)
 
 
 def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str = "") -> ExpansionResult:
@@ -84,17 +83,13 @@ def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str 
     created = 0
     with store.backend.batch():
         for weight in scan.weights:
-            with open(weight.path, "rb") as stream:
-                for tensor, entry in weight.header.tensors.items():
-                    data = FileRange(stream.fileno(), weight.header.data_start + entry.begin, entry.nbytes)
-                    header = canonical_header(entry.dtype, entry.shape)
-                    with data.view() as view:
-                        trained = digest_bytes(header, view)
-                    if trained == _recipe_digest(executor, plan.targets[tensor], entry.dtype):
-                        continue
-                    put = store.objects.put_tensor(entry.dtype, entry.shape, data)
-                    created += put.created
-                    records[tensor] = TensorRecord(put.digest, entry.dtype, entry.shape, entry.nbytes)
+            for tensor, entry, data in tensor_ranges(weight):
+                trained = tensor_object_digest(entry.dtype, entry.shape, data)
+                if trained == _recipe_digest(executor, plan.targets[tensor], entry.dtype):
+                    continue
+                put = store.objects.put_tensor(entry.dtype, entry.shape, data, digest=trained)
+                created += put.created
+                records[tensor] = TensorRecord(put.digest, entry.dtype, entry.shape, entry.nbytes)
     manifest = new_bank_manifest(
         "expansion",
         tensors=records,
@@ -104,10 +99,8 @@ def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str 
         recipe={"steps": recipe},
         config=scan.config,
     )
-    entry, digest = _record(store, name, manifest, "ingest", message)
-    return ExpansionResult(
-        name, entry.version, digest, recipe, plan.parameters(), len(records), created, _size(store, digest)
-    )
+    entry, digest, size = _record(store, name, manifest, "ingest", message)
+    return ExpansionResult(name, entry.version, digest, recipe, plan.parameters(), len(records), created, size)
 
 
 def _check_same_tensors(plan: Plan, shapes: dict[str, tuple[int, ...]], folder: str | Path) -> None:
@@ -128,13 +121,10 @@ def _recipe_digest(executor: Executor, target: Target, dtype: str) -> str:
         return target.task.digest
     tensor = executor.compute(Target(target.task, dtype))
     assert tensor.dtype == to_torch(dtype)
-    return digest_bytes(canonical_header(dtype, target.shape), tensor_bytes(tensor))
+    return tensor_object_digest(dtype, target.shape, tensor_bytes(tensor))
 
 
-def _record(store: Store, name: str, manifest: dict[str, Any], action: str, message: str) -> tuple[RefEntry, str]:
+def _record(store: Store, name: str, manifest: dict[str, Any], action: str, message: str) -> tuple[RefEntry, str, int]:
+    """Store the manifest and record it as the next version of `name`: (entry, digest, manifest bytes)."""
     digest = store.manifests.put(manifest)
-    return store.record(name, digest, action=action, message=message), digest
-
-
-def _size(store: Store, digest: str) -> int:
-    return len(store.manifests.read_bytes(digest))
+    return store.record(name, digest, action=action, message=message), digest, len(canonical_json(manifest))

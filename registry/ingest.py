@@ -285,7 +285,7 @@ def _store_contents(
                 identity = file_identity(weight.path)
                 if remembered is None:
                     remembered = {}
-                    for name, entry, data in _tensor_ranges(weight):
+                    for name, entry, data in tensor_ranges(weight):
                         result = store.objects.put_tensor(entry.dtype, entry.shape, data, copier)
                         results.append(result)
                         remembered[name] = result.digest
@@ -316,7 +316,7 @@ def _remembered(store: Store, cache: HashCache, weight: WeightFile) -> dict[str,
     return digests if all(store.objects.has(d) for d in digests.values()) else None
 
 
-def _tensor_ranges(weight: WeightFile) -> Iterator[tuple[str, TensorEntry, FileRange]]:
+def tensor_ranges(weight: WeightFile) -> Iterator[tuple[str, TensorEntry, FileRange]]:
     """Each tensor's byte range in its file, in file order."""
     with open(weight.path, "rb") as stream:
         for name, entry in sorted(weight.header.tensors.items(), key=lambda item: item[1].begin):

@@ -39,6 +39,15 @@ def _check(digest: str, actual: str) -> None:
         raise IntegrityError(f"object {digest} is corrupt: its bytes hash to {actual}")
 
 
+def tensor_object_digest(dtype: str, shape: tuple[int, ...], data: Buffer | FileRange) -> str:
+    """The digest of the canonical tensor object that holds these raw bytes."""
+    header = canonical_header(dtype, shape)
+    if isinstance(data, FileRange):
+        with data.view() as view:
+            return digest_bytes(header, view)
+    return digest_bytes(header, data)
+
+
 def object_path(digest: str) -> str:
     """Store path of an object: sharded by the first two hex digits."""
     hex_digest = hex_of(digest)
@@ -77,10 +86,16 @@ class ObjectStore:
         return PutResult(digest, len(data), created=True)
 
     def put_tensor(
-        self, dtype: str, shape: tuple[int, ...], data: Buffer | FileRange, copier: Executor | None = None
+        self,
+        dtype: str,
+        shape: tuple[int, ...],
+        data: Buffer | FileRange,
+        copier: Executor | None = None,
+        digest: str | None = None,
     ) -> PutResult:
         """Store a tensor's raw little-endian bytes (in memory, or a range of a local file)
-        as a canonical tensor object.
+        as a canonical tensor object. `digest`: the caller's `tensor_object_digest` of these
+        same bytes, when it has already computed it (they are not hashed again).
 
         With a `copier` thread, the bytes are copied to a temporary file while they are
         hashed (the name is only known after), and the copy is dropped if the store
@@ -91,11 +106,7 @@ class ObjectStore:
         parts: list[Chunk] = [header, data]
         size = len(header) + len(data)
         staged = copier.submit(self.backend.stage, parts, OBJECTS_DIR) if copier is not None else None
-        if isinstance(data, FileRange):
-            with data.view() as view:
-                digest = digest_bytes(header, view)
-        else:
-            digest = digest_bytes(header, data)
+        digest = digest or tensor_object_digest(dtype, shape, data)
         if self.has(digest):
             if staged is not None:
                 self.backend.discard(staged.result())
