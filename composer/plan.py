@@ -125,10 +125,16 @@ def resolve_base(store: Store, ref: str) -> tuple[Bank, Bank | None]:
     raise PlanProblem(f"{ref} is a {named.type} bank, not a base model or an expansion of one")
 
 
-def initial_state(base: Bank) -> ModelState:
-    """The base model as the plan sees it: its config and one Load per stored tensor."""
+def starting_state(base: Bank, expansion: Bank | None, sources: Sources, problems: list[str]) -> ModelState:
+    """The model a composition starts from, as the plan sees it: the base's config and one
+    Load per stored tensor, with the expansion's recipe applied and its trained tensors in place."""
     assert base.config is not None
-    return ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
+    state = ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
+    if expansion is None:
+        return state
+    sources.inputs[expansion.digest] = "expansion"
+    state = apply_steps(state, expansion.document["recipe"]["steps"], sources, problems, "recipe step")
+    return _with_trained(state, expansion, problems)
 
 
 def apply_steps(
@@ -175,13 +181,8 @@ def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
     except (WeightbankError, PlanProblem) as exc:
         raise PlanError([f"base: {exc}", *_step_problems_without_base(document, store)]) from None
     sources = Sources(store, base, {base.digest: "base"}, {document["base"]: (expansion or base).digest})
-    recipe: list[dict[str, Any]] = []
-    state = initial_state(base)
-    if expansion is not None:
-        sources.inputs[expansion.digest] = "expansion"
-        recipe = expansion.document["recipe"]["steps"]
-        state = _with_trained(apply_steps(state, recipe, sources, problems, "recipe step"), expansion, problems)
-    state = apply_steps(state, document["steps"], sources, problems)
+    recipe: list[dict[str, Any]] = expansion.document["recipe"]["steps"] if expansion is not None else []
+    state = apply_steps(starting_state(base, expansion, sources, problems), document["steps"], sources, problems)
 
     dtype_name = _target_dtype(dtype, document, (expansion or base).config or {}, problems)
     code = TARGET_DTYPES.get(dtype_name, "F32")

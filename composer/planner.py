@@ -19,7 +19,7 @@ from .analyze import count_parameters
 from .architectures import Layout
 from .hf_model import config_object
 from .model_state import ModelState
-from .plan import Sources, apply_steps, initial_state, resolve_base
+from .plan import PlanError, Sources, apply_steps, resolve_base, starting_state
 
 Step = dict[str, Any]
 ROUND_TO = 64  # widths are rounded to multiples of this (hardware-friendly)
@@ -55,10 +55,9 @@ class _Grower:
         base, expansion = resolve_base(store, ref)
         self.sources = Sources(store, base)
         problems: list[str] = []
-        state = initial_state(base)
-        if expansion is not None:
-            state = apply_steps(state, expansion.document["recipe"]["steps"], self.sources, problems)
-        self.state = state
+        self.state = starting_state(base, expansion, self.sources, problems)
+        if problems:
+            raise PlanError(problems)
 
     def grow(self, steps: list[Step], state: ModelState | None = None) -> ModelState | None:
         """The grown description, or None if an operator or transformers' config refuses it."""
@@ -105,7 +104,7 @@ def _single_steps(grower: _Grower, state: ModelState, target: int) -> dict[str, 
         heads, group = layout.value("heads"), layout.value("heads") // layout.value("kv_heads")
         # Not every head count is valid (some configs need heads to divide hidden): scan them.
         options = [{"op": "expand.heads", "heads": heads + n * group} for n in range(1, MAX_NEW_GROUPS + 1)]
-        counted_options = [(abs(count([o]) - target), i) for i, o in enumerate(options) if count([o]) > 0]
+        counted_options = [(abs(n - target), i) for i, o in enumerate(options) if (n := count([o])) > 0]
         if counted_options:
             found["heads"] = options[min(counted_options)[1]]
     hidden = layout.value("hidden")

@@ -134,7 +134,7 @@ class IndexSelect(Task):
 
     def __post_init__(self) -> None:
         size = self.src.shape[self.dim] if 0 <= self.dim < len(self.src.shape) else 0
-        if not all(0 <= i < size for i in self.index):
+        if self.index and not (min(self.index) >= 0 and max(self.index) < size):
             raise ShapeError(f"index out of range for dim {self.dim} of {list(self.src.shape)}")
         if self.factors is not None and len(self.factors) != len(self.index):
             raise ShapeError("one factor per selected index is needed")
