@@ -74,7 +74,7 @@ def _entry(support: str, reason: str) -> dict[str, str]:
 
 
 def _heads_support(layout: Layout) -> dict[str, str]:
-    if not layout.has("kv_heads") and "kv_heads" not in layout.family.config:
+    if not layout.family.has_kv_heads:
         return _entry(
             "unsupported",
             f"{layout.family.name} derives head_dim = hidden / heads, so adding heads would change head_dim "

@@ -32,6 +32,11 @@ class Family:
     tied_default: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)  # config values when the key is absent
 
+    @property
+    def has_kv_heads(self) -> bool:
+        """Whether the config counts KV heads (and head_dim) apart from the query heads."""
+        return "kv_heads" in self.config
+
 
 _LLAMA_LAYER = {
     "layer": "model.layers.{i}",
@@ -149,6 +154,12 @@ class Layout:
 
     def has(self, role: str) -> bool:
         return role in self.family.tensors
+
+    @property
+    def zero_pads_exactly(self) -> bool:
+        """Whether zero-padding the hidden size keeps the function: RMSNorm sees only a scale,
+        which the gains and eps absorb, unless per-head q/k norms share that eps."""
+        return self.family.norm == "RMSNorm" and not self.has("q_norm")
 
     def module(self, role: str, layer: int | None = None) -> str:
         """Module path of a role; layer roles need the layer index."""

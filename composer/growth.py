@@ -9,19 +9,31 @@ that cancel); `verify` reports the measured deviation either way.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import PreTrainedModel
+
 from .architectures import Layout
 from .model_state import ModelState, PlanProblem
-from .tasks import Add, Noise, Task
+from .oracle import OracleContext
+from .tasks import Add, Concat, Fill, IndexSelect, Noise, Slice, Task
 
 
-def int_parameter(step: dict[str, Any], key: str, minimum: int = 1) -> int:
+def int_parameter(step: dict[str, Any], key: str) -> int:
     value = step.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PlanProblem(f"{key} must be an integer ≥ {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanProblem(f"{key} must be an integer ≥ 1, got {value!r}")
     return value
+
+
+def seed_parameter(step: dict[str, Any]) -> int:
+    """`seed: S` (default 0)."""
+    seed = step.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PlanProblem(f"seed must be an integer, got {seed!r}")
+    return seed
 
 
 def choice_parameter(step: dict[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
@@ -53,10 +65,7 @@ def noise_parameter(step: dict[str, Any]) -> NoiseSpec | None:
     std = step["noise"]
     if isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0:
         raise PlanProblem(f"noise must be a positive standard deviation, got {std!r}")
-    seed = step.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PlanProblem(f"seed must be an integer, got {seed!r}")
-    return NoiseSpec(float(std), seed)
+    return NoiseSpec(float(std), seed_parameter(step))
 
 
 def weight_and_bias(state: ModelState, layout: Layout, role: str, layer: int | None = None) -> tuple[str, str | None]:
@@ -66,12 +75,44 @@ def weight_and_bias(state: ModelState, layout: Layout, role: str, layer: int | N
     return f"{module}.weight", bias if bias in state.tensors else None
 
 
+def projections(state: ModelState, layout: Layout, roles: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(role, weight name, bias name or None) of every block's projections in `roles` that the
+    architecture has, layer by layer."""
+    for layer in range(layout.value("layers")):
+        for role in roles:
+            if layout.has(role):
+                yield (role, *weight_and_bias(state, layout, role, layer))
+
+
 def with_config(state: ModelState, **updates: Any) -> dict[str, Any]:
-    """A copy of the config with `updates` applied (None values removed)."""
-    config = dict(state.config)
-    for key, value in updates.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    return config
+    """A copy of the config with `updates` applied."""
+    return {**state.config, **updates}
+
+
+def append(
+    task: Task, axis: int, extra: int, fill: float = 0.0, noise: NoiseSpec | None = None, label: str = ""
+) -> Task:
+    """`task` followed by `extra` new entries along `axis`, all `fill` (plus noise if given)."""
+    shape = list(task.shape)
+    shape[axis] = extra
+    new: Task = Fill(tuple(shape), fill, task.dtype)
+    if noise is not None:
+        new = noise.add(new, label)
+    return Concat((task, new), axis)
+
+
+def select_with_noise(
+    task: Task, axis: int, index: tuple[int, ...], kept: int, noise: NoiseSpec | None, label: str
+) -> Task:
+    """`task` indexed along `axis`; with noise, added to the entries after the first `kept`
+    (the copies), never to the originals."""
+    grown: Task = IndexSelect(task, axis, index)
+    if noise is None:
+        return grown
+    return Concat((Slice(grown, axis, 0, kept), noise.add(Slice(grown, axis, kept, len(index)), label)), axis)
+
+
+def source_is_oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
+    """A function-preserving step: the source model is the oracle (noise and lossy variants
+    are measured against it)."""
+    return model

@@ -100,7 +100,7 @@ def _single_steps(grower: _Grower, state: ModelState, target: int) -> dict[str, 
     inner = layout.value("intermediate")
     units = _best(lambda u: count([{"op": "expand.ffn", "size": inner + u * ROUND_TO}]), 1, 4096, target)
     found["ffn"] = {"op": "expand.ffn", "size": inner + max(1, units) * ROUND_TO}
-    if "kv_heads" in layout.family.config:
+    if layout.family.has_kv_heads:
         heads, group = layout.value("heads"), layout.value("heads") // layout.value("kv_heads")
         # Not every head count is valid (some configs need heads to divide hidden): scan them.
         options = [{"op": "expand.heads", "heads": heads + n * group} for n in range(1, MAX_NEW_GROUPS + 1)]
@@ -108,7 +108,7 @@ def _single_steps(grower: _Grower, state: ModelState, target: int) -> dict[str, 
         if counted_options:
             found["heads"] = options[min(counted_options)[1]]
     hidden = layout.value("hidden")
-    multiple = layout.family.norm != "RMSNorm" or layout.has("q_norm")
+    multiple = not layout.zero_pads_exactly
     unit = hidden if multiple else ROUND_TO
     widths = lambda n: {"op": "expand.hidden", "size": hidden + n * unit}  # noqa: E731
     if count([widths(1)]) > 0:

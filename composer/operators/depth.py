@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PreTrainedModel
-
 from ..architectures import Layout
-from ..growth import choice_parameter, int_parameter, noise_parameter, with_config
+from ..growth import choice_parameter, int_parameter, noise_parameter, source_is_oracle, with_config
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
-from ..oracle import OracleContext
 from ..tasks import Fill, Task
 
 NAME = "expand.depth"
+oracle = source_is_oracle  # the step preserves the function
 WRITERS = ("o", "down")
 
 
@@ -105,8 +103,3 @@ def _tensors_by_layer(state: ModelState, layout: Layout, layers: int) -> dict[in
         if layer is not None:
             found[layer][name[len(layout.layer_prefix(layer)) :]] = task
     return found
-
-
-def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
-    """Identity blocks preserve the function: the source model is the oracle."""
-    return model

@@ -22,15 +22,24 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from transformers import PreTrainedModel
-
 from ..architectures import Layout
-from ..growth import NoiseSpec, choice_parameter, int_parameter, noise_parameter, weight_and_bias, with_config
+from ..growth import (
+    NoiseSpec,
+    append,
+    choice_parameter,
+    int_parameter,
+    noise_parameter,
+    projections,
+    seed_parameter,
+    select_with_noise,
+    source_is_oracle,
+    with_config,
+)
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
-from ..oracle import OracleContext
-from ..tasks import Add, Concat, Fill, IndexSelect, Slice, Task
+from ..tasks import Add, IndexSelect, Task
 
 NAME = "expand.ffn"
+oracle = source_is_oracle  # the step preserves the function
 
 
 def duplicated_neurons(size: int, new_size: int, seed: int) -> list[int]:
@@ -53,10 +62,7 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
     split = step.get("split", 0.5)
     if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 < split < 1:
         raise PlanProblem(f"split must be strictly between 0 and 1, got {split!r}")
-    seed = step.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise PlanProblem(f"seed must be an integer, got {seed!r}")
-    picks = duplicated_neurons(size, new_size, seed)
+    picks = duplicated_neurons(size, new_size, seed_parameter(step))
     index = tuple(range(size)) + tuple(picks)
     copies = [1] * size
     for j in picks:
@@ -69,25 +75,18 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
     noise = noise_parameter(step)
 
     tensors = dict(state.tensors)
-    readers = ("gate", "up") if layout.has("gate") else ("up",)
-    for layer in range(layout.value("layers")):
-        for role in readers:
-            weight, bias = weight_and_bias(state, layout, role, layer)
-            axis = layout.out_axis(role)
-            reader_noise = noise if method == "zero" else None
-            tensors[weight] = _grow_reader(tensors[weight], axis, index, size, reader_noise, weight)
-            if bias is not None:
-                tensors[bias] = _grow_reader(tensors[bias], 0, index, size, None, bias)
-        weight, _ = weight_and_bias(state, layout, "down", layer)
-        axis = layout.in_axis("down")
-        down = tensors[weight]
-        if factors is not None:
-            grown: Task = IndexSelect(down, axis, index, tuple(factors))
-            tensors[weight] = _pair_noise(grown, axis, size, picks, noise, weight) if noise else grown
-        else:
-            zeros_shape = list(down.shape)
-            zeros_shape[axis] = new_size - size
-            tensors[weight] = Concat((down, Fill(tuple(zeros_shape), 0.0, down.dtype)), axis)
+    reader_noise = noise if method == "zero" else None
+    for role, weight, bias in projections(state, layout, ("gate", "up")):
+        tensors[weight] = select_with_noise(tensors[weight], layout.out_axis(role), index, size, reader_noise, weight)
+        if bias is not None:
+            tensors[bias] = select_with_noise(tensors[bias], 0, index, size, None, bias)
+    axis = layout.in_axis("down")
+    for _, weight, _ in projections(state, layout, ("down",)):
+        if factors is None:
+            tensors[weight] = append(tensors[weight], axis, new_size - size)
+            continue
+        grown: Task = IndexSelect(tensors[weight], axis, index, tuple(factors))
+        tensors[weight] = _pair_noise(grown, axis, size, picks, noise, weight) if noise else grown
     return ModelState(with_config(state, **{layout.key("intermediate"): new_size}), tensors)
 
 
@@ -96,14 +95,6 @@ def _share(copies: int, split: float, *, first: bool) -> float:
     if copies == 2:
         return split if first else 1.0 - split
     return 1.0 / copies
-
-
-def _grow_reader(task: Task, axis: int, index: tuple[int, ...], size: int, noise: NoiseSpec | None, label: str) -> Task:
-    grown: Task = IndexSelect(task, axis, index)
-    if noise is None:
-        return grown
-    old, new = Slice(grown, axis, 0, size), Slice(grown, axis, size, grown.shape[axis])
-    return Concat((old, noise.add(new, label)), axis)
 
 
 def _pair_noise(task: Task, axis: int, size: int, picks: list[int], noise: NoiseSpec, label: str) -> Task:
@@ -115,8 +106,3 @@ def _pair_noise(task: Task, axis: int, size: int, picks: list[int], noise: Noise
         if signs[j] == 0.0:
             signs[j], signs[size + offset], source[size + offset] = 1.0, -1.0, j
     return Add(task, IndexSelect(noise.task(task.shape, label), axis, tuple(source), tuple(signs)))
-
-
-def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
-    """FFN widening preserves the function: the source model is the oracle."""
-    return model

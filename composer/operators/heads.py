@@ -18,22 +18,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PreTrainedModel
-
 from ..analyze import attention_kind
 from ..architectures import Layout
-from ..growth import NoiseSpec, int_parameter, noise_parameter, weight_and_bias, with_config
+from ..growth import (
+    append,
+    int_parameter,
+    noise_parameter,
+    projections,
+    select_with_noise,
+    source_is_oracle,
+    with_config,
+)
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
-from ..oracle import OracleContext
-from ..tasks import Concat, Fill, IndexSelect, Slice, Task
+from ..tasks import IndexSelect
 
 NAME = "expand.heads"
+oracle = source_is_oracle  # the step preserves the function
 
 
 def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelState:
     check_parameters(step, {"heads", "kv_heads", "lossy", "noise", "seed"})
     layout = Layout(state.config)
-    if "kv_heads" not in layout.family.config:
+    if not layout.family.has_kv_heads:
         raise PlanProblem(
             f"{layout.family.name} derives head_dim = hidden / heads, so adding heads would change head_dim; "
             "grow the hidden size (duplication) instead"
@@ -59,18 +65,18 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
     tensors = dict(state.tensors)
     q_rows = _head_rows(range(heads), head_dim, [h % heads for h in range(heads, heads + groups * group)])
     kv_rows = _head_rows(range(kv_heads), head_dim, [g % kv_heads for g in range(kv_heads, kv_heads + groups)])
-    for layer in range(layout.value("layers")):
-        for role, rows, old in (("q", q_rows, heads), ("k", kv_rows, kv_heads), ("v", kv_rows, kv_heads)):
-            weight, bias = weight_and_bias(state, layout, role, layer)
-            tensors[weight] = _grow(tensors[weight], rows, old * head_dim, noise, weight)
-            if bias is not None:
-                tensors[bias] = _grow(tensors[bias], rows, old * head_dim, noise, bias)
-        weight, _ = weight_and_bias(state, layout, "o", layer)
-        o = tensors[weight]
-        axis = layout.in_axis("o")
-        zeros_shape = list(o.shape)
-        zeros_shape[axis] = groups * group * head_dim
-        tensors[weight] = Concat((o, Fill(tuple(zeros_shape), 0.0, o.dtype)), axis)
+    rows_of = {
+        "q": (q_rows, heads * head_dim),
+        "k": (kv_rows, kv_heads * head_dim),
+        "v": (kv_rows, kv_heads * head_dim),
+    }
+    for role, weight, bias in projections(state, layout, rows_of):
+        rows, kept = rows_of[role]
+        tensors[weight] = select_with_noise(tensors[weight], 0, rows, kept, noise, weight)
+        if bias is not None:
+            tensors[bias] = select_with_noise(tensors[bias], 0, rows, kept, noise, bias)
+    for _, weight, _ in projections(state, layout, ("o",)):
+        tensors[weight] = append(tensors[weight], layout.in_axis("o"), groups * group * head_dim)
     config = with_config(
         state,
         **{
@@ -87,13 +93,6 @@ def _head_rows(existing: range, head_dim: int, copies: list[int]) -> tuple[int, 
     return tuple(range(len(existing) * head_dim)) + tuple(h * head_dim + t for h in copies for t in range(head_dim))
 
 
-def _grow(task: Task, rows: tuple[int, ...], old: int, noise: NoiseSpec | None, label: str) -> Task:
-    grown: Task = IndexSelect(task, 0, rows)
-    if noise is None:
-        return grown
-    return Concat((Slice(grown, 0, 0, old), noise.add(Slice(grown, 0, old, len(rows)), label)), 0)
-
-
 def _split_kv(state: ModelState, layout: Layout, heads: int, kv_heads: int, head_dim: int, new_kv: int) -> ModelState:
     if new_kv <= kv_heads or new_kv % kv_heads or heads % new_kv:
         raise PlanProblem(
@@ -102,16 +101,9 @@ def _split_kv(state: ModelState, layout: Layout, heads: int, kv_heads: int, head
     repeat = new_kv // kv_heads
     rows = tuple(h * head_dim + t for h in range(kv_heads) for _ in range(repeat) for t in range(head_dim))
     tensors = dict(state.tensors)
-    for layer in range(layout.value("layers")):
-        for role in ("k", "v"):
-            weight, bias = weight_and_bias(state, layout, role, layer)
-            tensors[weight] = IndexSelect(tensors[weight], 0, rows)
-            if bias is not None:
-                tensors[bias] = IndexSelect(tensors[bias], 0, rows)
+    for _, weight, bias in projections(state, layout, ("k", "v")):
+        tensors[weight] = IndexSelect(tensors[weight], 0, rows)
+        if bias is not None:
+            tensors[bias] = IndexSelect(tensors[bias], 0, rows)
     config = with_config(state, **{layout.key("kv_heads"): new_kv, layout.key("head_dim"): head_dim})
     return ModelState(config, tensors)
-
-
-def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
-    """Head growth preserves the function: the source model is the oracle."""
-    return model

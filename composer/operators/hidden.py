@@ -28,18 +28,24 @@ Refused: post-LN models and Gemma (embeddings scaled by √hidden and tied to th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
-from transformers import PreTrainedModel
-
 from ..architectures import Layout
-from ..growth import NoiseSpec, choice_parameter, int_parameter, noise_parameter, weight_and_bias, with_config
+from ..growth import (
+    NoiseSpec,
+    append,
+    choice_parameter,
+    int_parameter,
+    noise_parameter,
+    projections,
+    source_is_oracle,
+    with_config,
+)
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
-from ..oracle import OracleContext
-from ..tasks import Add, Concat, Fill, Scale, Slice, Task
+from ..tasks import Add, Concat, Scale, Slice, Task
 
 NAME = "expand.hidden"
+oracle = source_is_oracle  # the step preserves the function
 INTERNAL = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
 NORMS = ("attn_norm", "mlp_norm")
 
@@ -58,7 +64,7 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
             f"{family.name} scales embeddings by √hidden and ties them to the output head: no exact widening; refused"
         )
     multiple = new_hidden % hidden == 0
-    default = "zero" if family.norm == "RMSNorm" and not layout.has("q_norm") else "duplicate"
+    default = "zero" if layout.zero_pads_exactly else "duplicate"
     method = choice_parameter(step, "method", ("zero", "duplicate"), default)
     lossy = bool(step.get("lossy"))
     noise = noise_parameter(step)
@@ -69,66 +75,45 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
                 + ("; RMSNorm models can use method: zero for any size" if family.norm == "RMSNorm" else "")
             )
         return _duplicate(state, layout, new_hidden // hidden, noise)
-    if (family.norm != "RMSNorm" or layout.has("q_norm")) and not lossy:
+    if not layout.zero_pads_exactly and not lossy:
         why = (
             "LayerNorm: zero padding shifts the mean"
             if family.norm != "RMSNorm"
             else "the per-head q/k norms share rms_norm_eps, which zero padding must rescale"
         )
         raise PlanProblem(f"zero padding is not exact here ({why}); use duplication or set lossy: true")
-    return _zero_pad(
-        state, layout, new_hidden, noise, rescale_eps=family.norm == "RMSNorm" and not layout.has("q_norm")
-    )
+    return _zero_pad(state, layout, new_hidden, noise)
 
 
-def _pad(task: Task, axis: int, extra: int, fill: float = 0.0, noise: NoiseSpec | None = None, label: str = "") -> Task:
-    shape = list(task.shape)
-    shape[axis] = extra
-    new: Task = Fill(tuple(shape), fill, task.dtype)
-    if noise is not None:
-        new = noise.add(new, label)
-    return Concat((task, new), axis)
-
-
-def _zero_pad(
-    state: ModelState, layout: Layout, new_hidden: int, noise: NoiseSpec | None, rescale_eps: bool
-) -> ModelState:
+def _zero_pad(state: ModelState, layout: Layout, new_hidden: int, noise: NoiseSpec | None) -> ModelState:
     hidden = layout.value("hidden")
     extra = new_hidden - hidden
     root = math.sqrt(hidden / new_hidden)
     tensors = dict(state.tensors)
 
     for name in _embeddings(layout):
-        tensors[name] = _pad(tensors[name], 1, extra)
+        tensors[name] = append(tensors[name], 1, extra)
     lm_head = f"{layout.module('lm_head')}.weight"
     if lm_head in tensors:
-        tensors[lm_head] = _pad(tensors[lm_head], 1, extra, noise=noise, label=lm_head)
+        tensors[lm_head] = append(tensors[lm_head], 1, extra, noise=noise, label=lm_head)
     for norm in _norm_names(state, layout):
         if norm.endswith(".weight"):  # gains ×√s, new entries √s (they only ever scale zeros)
-            tensors[norm] = _pad(Scale(tensors[norm], root), 0, extra, root)
+            tensors[norm] = append(Scale(tensors[norm], root), 0, extra, root)
         else:
-            tensors[norm] = _pad(tensors[norm], 0, extra)
-    for role, weight, bias in _internal_weights(state, layout):
+            tensors[norm] = append(tensors[norm], 0, extra)
+    for role, weight, bias in projections(state, layout, INTERNAL):
         if role in ("o", "down"):
-            tensors[weight] = _pad(tensors[weight], layout.out_axis(role), extra)
+            tensors[weight] = append(tensors[weight], layout.out_axis(role), extra)
             if bias is not None:
-                tensors[bias] = _pad(tensors[bias], 0, extra)
+                tensors[bias] = append(tensors[bias], 0, extra)
         else:
-            tensors[weight] = _pad(tensors[weight], layout.in_axis(role), extra, noise=noise, label=weight)
-    eps = layout.value("eps") * (hidden / new_hidden if rescale_eps else 1.0)
+            tensors[weight] = append(tensors[weight], layout.in_axis(role), extra, noise=noise, label=weight)
+    eps = layout.value("eps") * (hidden / new_hidden if layout.zero_pads_exactly else 1.0)
     config = with_config(
         state,
         **{layout.key("hidden"): new_hidden, layout.key("eps"): eps, layout.key("head_dim"): layout.value("head_dim")},
     )
     return ModelState(config, tensors)
-
-
-def _internal_weights(state: ModelState, layout: Layout) -> Iterator[tuple[str, str, str | None]]:
-    """(role, weight name, bias name or None) of every block's projections, layer by layer."""
-    for layer in range(layout.value("layers")):
-        for role in INTERNAL:
-            if layout.has(role):
-                yield (role, *weight_and_bias(state, layout, role, layer))
 
 
 def _embeddings(layout: Layout) -> list[str]:
@@ -172,7 +157,7 @@ def _duplicate(state: ModelState, layout: Layout, k: int, noise: NoiseSpec | Non
     tensors[lm_head] = _tile(head, 1, k, 1.0 / k, noise, lm_head)
     for norm in _norm_names(state, layout):
         tensors[norm] = _tile(tensors[norm], 0, k)
-    for role, weight, bias in _internal_weights(state, layout):
+    for role, weight, bias in projections(state, layout, INTERNAL):
         if role == "qkv":  # GPT-2's fused [q | k | v]: tile each block
             tensors[weight] = _blockwise(tensors[weight], layout, role, k, noise, weight)
             if bias is not None:
@@ -182,7 +167,7 @@ def _duplicate(state: ModelState, layout: Layout, k: int, noise: NoiseSpec | Non
         if bias is not None:
             tensors[bias] = _tile(tensors[bias], 0, k)
     updates: dict[str, Any] = {layout.key("hidden"): hidden * k, layout.key("heads"): layout.value("heads") * k}
-    if "kv_heads" in layout.family.config:
+    if layout.family.has_kv_heads:
         updates[layout.key("kv_heads")] = layout.value("kv_heads") * k
         updates[layout.key("head_dim")] = layout.value("head_dim")
     intermediate_key = layout.key("intermediate")
@@ -201,8 +186,3 @@ def _blockwise(task: Task, layout: Layout, role: str, k: int, noise: NoiseSpec |
     axis = layout.out_axis(role)
     blocks = _thirds(task, axis, layout.value("hidden"))
     return Concat(tuple(_grow_both(b, layout, role, k, noise, f"{label}:{i}") for i, b in enumerate(blocks)), axis)
-
-
-def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
-    """Hidden widening preserves the function (lossy variants are measured): the source model."""
-    return model
