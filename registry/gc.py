@@ -52,7 +52,7 @@ def reachable(store: Store) -> tuple[set[str], set[str]]:
     Raises if a reachable manifest cannot be read: its objects would be unknown, and
     deleting them would be unrecoverable.
     """
-    pending = [store.refs.get(name, v).target for name in store.refs.names() for v in store.refs.versions(name)]
+    pending = [entry.target for name in store.refs.names() for entry in store.refs.entries(name)]
     manifests: set[str] = set()
     objects: set[str] = set()
     while pending:

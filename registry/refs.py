@@ -134,10 +134,13 @@ class RefStore:
             raise IntegrityError(f"{what} is stored under the wrong name: it says {entry.name}@v{entry.version}")
         return entry
 
+    def entries(self, name: str) -> list[RefEntry]:
+        """Every version of a ref, oldest first (empty if the name is unused)."""
+        return [self.get(name, version) for version in self.versions(check_ref_name(name))]
+
     def history(self, name: str) -> list[RefEntry]:
-        """Every version of a ref, oldest first."""
-        check_ref_name(name)
-        entries = [self.get(name, version) for version in self.versions(name)]
+        """Every version of a ref, oldest first; NotFoundError if the name is unused."""
+        entries = self.entries(name)
         if not entries:
             raise NotFoundError(f"no ref named {name!r}")
         return entries

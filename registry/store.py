@@ -27,9 +27,13 @@ def default_location() -> str:
 class Store:
     """Objects, manifests and refs under one root (a folder or any fsspec URL)."""
 
-    def __init__(self, location: str | Path | None = None, backend: Backend | None = None) -> None:
+    def __init__(
+        self, location: str | Path | None = None, backend: Backend | None = None, *, fetch_lazily: bool = True
+    ) -> None:
+        """`fetch_lazily`: bring missing objects in from the remotes this store was lazily
+        pulled from (off for a remote opened as the other side of a transfer: it is only read)."""
         self.backend = backend or open_backend(location or default_location())
-        self.objects = ObjectStore(self.backend, fetch=self._fetch_missing)
+        self.objects = ObjectStore(self.backend, fetch=self._fetch_missing if fetch_lazily else None)
         self.manifests = ManifestStore(self.backend)
         self.refs = RefStore(self.backend)
 

@@ -30,11 +30,6 @@ class Closure:
     objects: dict[str, int] = field(default_factory=dict)
 
 
-def history(store: Store, name: str) -> list[RefEntry]:
-    """Every version of `name` in `store`, oldest first (empty if the name is unused)."""
-    return [store.refs.get(name, version) for version in store.refs.versions(name)]
-
-
 def compute(source: Store, refs: Iterable[str], *, have: Store | None = None) -> Closure:
     """The closure of `refs` in `source`. Manifests that `have` holds are read there instead
     (same digest, same document): a pull does not download what the local store has."""
@@ -45,7 +40,7 @@ def compute(source: Store, refs: Iterable[str], *, have: Store | None = None) ->
         if spec.name is None:
             pending.append(source.resolve(ref))
             continue
-        versions = [e for e in history(source, spec.name) if spec.version is None or e.version <= spec.version]
+        versions = [e for e in source.refs.entries(spec.name) if spec.version is None or e.version <= spec.version]
         if not versions or (spec.version is not None and versions[-1].version != spec.version):
             raise NotFoundError(f"no ref {ref} in {source.url}")
         if len(versions) > len(closure.histories.get(spec.name, [])):

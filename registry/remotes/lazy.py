@@ -10,10 +10,12 @@ adapters therefore downloads exactly the objects the plan reads.
 
 from __future__ import annotations
 
-from ..objects import object_path
+from functools import cache
+
+from ..errors import NotFoundError
 from ..store import Store
 from . import config
-from .transfer import read_chunks
+from .transfer import copy_object
 from .urls import open_remote
 
 
@@ -22,13 +24,15 @@ def fetch_object(store: Store, digest: str) -> bool:
     for remote in config.load(store).values():
         if not remote.lazy:
             continue
-        source = open_remote(remote.url)
         try:
-            # The remote's backend, not its ObjectStore: a remote never fetches on our behalf.
-            stream = source.backend.open_read(object_path(digest))
-        except FileNotFoundError:
+            copy_object(_opened(remote.url), store, digest, lambda _n: None)
+        except NotFoundError:
             continue
-        with stream:
-            store.objects.add_verified(digest, read_chunks(stream, lambda _n: None), source=source.url)
         return True
     return False
+
+
+@cache
+def _opened(url: str) -> Store:
+    """One remote store per URL for the process: a lazy compose fetches object after object."""
+    return open_remote(url)

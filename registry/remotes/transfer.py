@@ -64,6 +64,12 @@ def read_chunks(stream: BinaryIO, advance: Advance) -> Iterator[bytes]:
         yield chunk
 
 
+def copy_object(src: Store, dst: Store, digest: str, advance: Advance) -> int:
+    """Copy one object, verified as it arrives (see `ObjectStore.add_verified`); its size."""
+    with src.objects.open(digest) as stream:
+        return dst.objects.add_verified(digest, read_chunks(stream, advance), source=src.url)
+
+
 def missing(store: Store, top: str, digests: Iterable[str], pool: Executor) -> list[str]:
     """The digests `store` lacks under `top` (objects/ or manifests/), listing only the shard folders they fall in."""
     shards: dict[str, list[str]] = {}
@@ -101,17 +107,15 @@ def pull(
 
 def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool) -> TransferResult:
     need = closure.compute(local, refs)
-    theirs = {name: closure.history(remote, name) for name in need.histories}
-    new_entries = [
-        e for name, ours in need.histories.items() for e in history.unpublished(name, ours, theirs[name], label)
-    ]
+    theirs = {name: remote.refs.entries(name) for name in need.histories}
+    for name, ours in need.histories.items():
+        history.unpublished(name, ours, theirs[name], label)  # a conflict fails before any byte moves
     with ThreadPoolExecutor(jobs) as pool:
         objects = missing(remote, OBJECTS_DIR, need.objects, pool)
         manifests = missing(remote, MANIFESTS_DIR, need.manifests, pool)
         sent = _copy(local, remote, need, objects, manifests, pool, f"push {label}", progress)
-    for name, ours in need.histories.items():
-        _publish(remote, name, ours, label)
-    return _result(label, need, objects, sent, manifests, new_entries, present=len(need.objects) - len(objects))
+    published = [e for name, ours in need.histories.items() for e in _publish(remote, name, ours, theirs[name], label)]
+    return _result(label, need, objects, sent, manifests, published, present=len(need.objects) - len(objects))
 
 
 def _pull(
@@ -125,7 +129,7 @@ def _pull(
     added: list[RefEntry] = []
     moved: list[str] = []
     for name, theirs in need.histories.items():
-        plan = history.merge(closure.history(local, name), theirs)
+        plan = history.merge(local.refs.entries(name), theirs)
         for entry, overwrite in plan.writes:
             (local.refs.replace if overwrite else local.refs.append)(entry)
         added += [entry for entry, _ in plan.writes if entry in theirs]
@@ -170,14 +174,10 @@ def _copy(
             with lock:
                 return bar(count)
 
-        def copy(digest: str) -> int:
-            with src.objects.open(digest) as stream:
-                return dst.objects.add_verified(digest, read_chunks(stream, advance), source=src.url)
-
         groups = _groups({digest: need.objects[digest] for digest in objects})
         for number, group in enumerate(groups, start=1):
             with dst.backend.batch():
-                copied += sum(_run_all(pool, copy, group))
+                copied += sum(_run_all(pool, lambda digest: copy_object(src, dst, digest, advance), group))
                 if number == len(groups):
                     for digest in manifests:
                         dst.backend.write_atomic(manifest_path(digest), [need.manifests[digest]])
@@ -209,19 +209,20 @@ def _run_all(pool: Executor, function: Callable[[T], R], items: list[T]) -> list
         raise
 
 
-def _publish(remote: Store, name: str, ours: list[RefEntry], label: str) -> None:
-    """Publish our versions of `name` that the remote lacks, create-only and in order. If another
-    push takes a version first, the remote is read again: the same target is fine, another is a
-    conflict (raised by `history.unpublished`)."""
+def _publish(remote: Store, name: str, ours: list[RefEntry], theirs: list[RefEntry], label: str) -> list[RefEntry]:
+    """Publish our versions of `name` that the remote lacks (`theirs`: its history as last
+    read), create-only and in order; return those published. If another push takes a version
+    first, the remote is read again: the same target is fine, another is a conflict (raised by
+    `history.unpublished`)."""
     for _ in range(REF_ATTEMPTS):
-        todo = history.unpublished(name, ours, closure.history(remote, name), label)
+        todo = history.unpublished(name, ours, theirs, label)
         if not todo:
-            return
+            return []
         try:
             with remote.backend.batch():  # on the Hub: one commit, with parent_commit
                 for entry in todo:
                     remote.refs.append(entry)
-            return
+            return todo
         except (ConflictError, FileExistsError):
-            continue
+            theirs = remote.refs.entries(name)
     raise ConflictError(f"ref {name} on remote {label} kept changing during the push: run it again")

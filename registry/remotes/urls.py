@@ -59,12 +59,13 @@ def hub_repo(url: str) -> tuple[str, str]:
 
 
 def open_remote(url: str) -> Store:
-    """The store a (canonical) remote URL names."""
+    """The store a (canonical) remote URL names. It never fetches missing objects from
+    remotes of its own: a transfer reads what the remote holds, nothing else."""
     if url.startswith("file://"):
-        return Store(url.removeprefix("file://"))
+        return Store(url.removeprefix("file://"), fetch_lazily=False)
     if url.startswith("hf://"):
         from .hub import HubBackend  # huggingface_hub is only imported for Hub remotes
 
         repo_type, repo_id = hub_repo(url)
-        return Store(backend=HubBackend(repo_id, repo_type))
-    return Store(url)
+        return Store(backend=HubBackend(repo_id, repo_type), fetch_lazily=False)
+    return Store(url, fetch_lazily=False)
