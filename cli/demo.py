@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ def _step(text: str) -> None:
     click.secho(f"\n== {text}", bold=True)
 
 
-def run_demo(registry: Any, workdir: Path | None) -> None:
+def run_demo(registry: Any, work: Path) -> None:
     """Make, ingest, change, roll back, export, adapt, compose, verify and trace a tiny Llama."""
     import torch
     import transformers
@@ -28,7 +27,6 @@ def run_demo(registry: Any, workdir: Path | None) -> None:
     from weightbank.registry import provenance
 
     transformers.utils.logging.disable_progress_bar()
-    work = workdir or Path(tempfile.mkdtemp(prefix="weightbank-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     click.echo(f"store: {registry.store.url}\nwork folder: {work}")
 
@@ -54,8 +52,8 @@ def run_demo(registry: Any, workdir: Path | None) -> None:
         click.echo(f"v{entry.version}  {entry.target[:19]}  {entry.time}  {entry.action}  {entry.message}")
 
     _step("roll back to v1 (history grows, nothing is rewritten)")
-    entry = registry.rollback("demo-llama", 1)
-    click.echo(f"demo-llama@v{entry.version} -> {entry.target} (same as v1: {entry.target == first.digest})")
+    entry = registry.rollback("demo-llama", 1).entry
+    click.echo(f"{entry.label} -> {entry.target} (same as v1: {entry.target == first.digest})")
 
     _step("export demo-llama and load it with transformers")
     exported = registry.export("demo-llama", work / "exported")

@@ -38,6 +38,7 @@ def cli(ctx: click.Context, store: str | None, quiet: bool) -> None:
 @click.option("--base", metavar="REF", help="Adapters: the base bank the adapter was trained on.")
 @click.option("-m", "--message", default="", help="A note for the log.")
 @click.option("--rehash", is_flag=True, help="Re-read weight files even if unchanged since they were last ingested.")
+@click.option("--force-type", is_flag=True, help="Allow a new version of another bank type than NAME holds.")
 @click.option(
     "--as-version-of",
     "expansion",
@@ -53,6 +54,7 @@ def ingest(
     base: str | None,
     message: str,
     rehash: bool,
+    force_type: bool,
     expansion: str | None,
     as_json: bool,
 ) -> None:
@@ -62,7 +64,7 @@ def ingest(
         return
     if name is None:
         raise click.UsageError("Missing option '--name'.")
-    result = registry(ctx).ingest(folder, name, base=base, message=message, rehash=rehash)
+    result = registry(ctx).ingest(folder, name, base=base, message=message, rehash=rehash, force_type=force_type)
     if as_json:
         print_json(result)
         return
@@ -177,12 +179,35 @@ def refs(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def rollback(ctx: click.Context, name: str, version: int, message: str, as_json: bool) -> None:
-    """Append a version of NAME that points where version --to pointed."""
-    entry = registry(ctx).rollback(name, version, message=message)
+    """Append a version of NAME that points where version --to pointed (nothing if it already does)."""
+    from weightbank.registry.digest import short
+
+    result = registry(ctx).rollback(name, version, message=message)
+    entry = result.entry
+    if as_json:
+        print_json(result)
+    elif result.appended:
+        click.echo(f"{entry.label} -> {short(entry.manifest)} (rolled back to v{version})")
+    else:
+        click.echo(f"{entry.label} already points where v{version} does; nothing appended")
+
+
+@cli.command()
+@click.argument("ref", metavar="NAME|NAME@vN")
+@click.option("--purge", is_flag=True, help="Whole refs: gc then deletes the history too and frees the name.")
+@click.option("-m", "--message", default="", help="A note for the log.")
+@json_option
+@click.pass_context
+def rm(ctx: click.Context, ref: str, purge: bool, message: str, as_json: bool) -> None:
+    """Remove a ref (every version) or one version: a tombstone is appended to its history, after
+    which gc may collect what only the removed versions reached (once past its grace period)."""
+    entry = registry(ctx).rm(ref, purge=purge, message=message)
     if as_json:
         print_json(entry)
         return
-    click.echo(f"{entry.name}@v{entry.version} -> {entry.target} (rolled back to v{version})")
+    removed = ", ".join(f"{entry.name}@v{v}" for v in entry.removes)
+    then = "gc will also delete its history" if purge else "its history stays readable with `weightbank log`"
+    click.echo(f"removed {removed} ({entry.label}); {then}")
 
 
 @cli.command()
@@ -214,6 +239,8 @@ def _report(report: Any, as_json: bool, what: str) -> None:
     else:
         for problem in report.problems:
             click.echo(f"BAD {problem}")
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     if not report.ok:
         click.echo(f"error: {len(report.problems)} problem(s) found in {what}", err=True)
         sys.exit(1)
@@ -229,46 +256,93 @@ def audit(ctx: click.Context, ref: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--repair", "remote", metavar="REMOTE", help="Replace missing or damaged objects from this remote.")
 @json_option
 @click.pass_context
-def fsck(ctx: click.Context, as_json: bool) -> None:
-    """Verify every ref, manifest and object in the store."""
-    _report(registry(ctx).fsck(), as_json, "store")
+def fsck(ctx: click.Context, remote: str | None, as_json: bool) -> None:
+    """Verify every ref, manifest and object in the store (--repair: fetch bad objects again)."""
+    reg = registry(ctx)
+    report = reg.fsck()
+    if remote is not None and report.bad_objects:
+        for digest in reg.repair(remote, report.bad_objects):
+            click.echo(f"repaired object {digest} from {remote}", err=True)
+        report = reg.fsck()
+    _report(report, as_json, "store")
 
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
-    default=3600.0,
+    default="1h",
     show_default=True,
-    help="Keep unreachable data younger than this many seconds (a concurrent ingest may be about to name it).",
+    metavar="DURATION",
+    help="Keep unreachable data (and what rm removed) younger than this: 90s, 30m, 1h, 2d, 1w.",
 )
+@click.option(
+    "--keep-last",
+    type=click.IntRange(min=1),
+    help="First remove all but the N newest versions of every ref (or --ref).",
+)
+@click.option("--ref", "refs", multiple=True, metavar="NAME", help="With --keep-last: only these refs.")
 @json_option
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, grace: float, as_json: bool) -> None:
-    """Remove objects and manifests that no version of any ref reaches."""
-    report = registry(ctx).gc(dry_run=dry_run, grace_seconds=grace)
+def gc(
+    ctx: click.Context, dry_run: bool, grace: str, keep_last: int | None, refs: tuple[str, ...], as_json: bool
+) -> None:
+    """Remove objects and manifests that no live version of any ref reaches."""
+    from weightbank.registry.errors import InputError
+    from weightbank.registry.gc import parse_duration
+
+    if refs and keep_last is None:
+        raise InputError("--ref selects refs for --keep-last; give --keep-last N too")
+    report = registry(ctx).gc(
+        dry_run=dry_run, grace_seconds=parse_duration(grace), keep_last=keep_last, refs=list(refs)
+    )
     if as_json:
         print_json(report.to_json())
         return
     verb = "would remove" if dry_run else "removed"
+    if report.thinned:
+        click.echo(f"{verb} {len(report.thinned)} old versions: {', '.join(report.thinned)}")
     click.echo(
         f"{verb} {len(report.objects)} objects, {len(report.manifests)} manifests, "
         f"{len(report.temporaries)} temporary files ({human_bytes(report.bytes)})"
         + (f"; kept {report.kept_young} younger than the grace period" if report.kept_young else "")
+        + (f"; deleted the history of {', '.join(report.purged)}" if report.purged else "")
     )
 
 
 @cli.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where to put the demo's folders.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep the demo's folders here.")
 @click.pass_context
 def demo(ctx: click.Context, workdir: Path | None) -> None:
-    """Walk through weightbank on a tiny Llama made on the spot (no downloads)."""
+    """Walk through weightbank on a tiny Llama made on the spot (no downloads).
+
+    It runs in a temporary store and folder, removed at the end; `--store DIR` (on the command
+    line) keeps the store, `--workdir DIR` the folders."""
+    import tempfile
+    from contextlib import ExitStack
+
+    from click.core import ParameterSource
+
+    from weightbank.registry import Registry
+
     from .demo import run_demo
 
-    run_demo(registry(ctx), workdir)
+    with ExitStack() as stack:
+        temporary = lambda prefix: Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))  # noqa: E731
+        if ctx.find_root().get_parameter_source("store") == ParameterSource.COMMANDLINE:
+            reg = registry(ctx)
+        else:
+            reg = Registry(temporary("weightbank-demo-store-"), progress=registry(ctx).progress)
+        run_demo(reg, workdir or temporary("weightbank-demo-"))
+        kept = [
+            what for what, given in (("--store DIR", reg is registry(ctx)), ("--workdir DIR", workdir)) if not given
+        ]
+        if kept:
+            click.echo(f"\nremoved the demo's temporary {'store and folders' if len(kept) == 2 else 'files'} "
+                       f"(pass {' and '.join(kept)} to keep them)")  # fmt: skip
 
 
 cli.add_command(compose)
@@ -287,4 +361,17 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # PEFT 0.21 calls a transformers 5 API that transformers deprecates: noise for our users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.showwarning = _show_warning
     cli(prog_name="weightbank")
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Our own warnings as one line on stderr (`warning: …`); others as Python prints them."""
+    from weightbank.registry.errors import WeightbankWarning
+
+    if issubclass(category, WeightbankWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -75,12 +75,19 @@ def push(ctx: click.Context, name: str, refs: tuple[str, ...], jobs: int | None,
 @click.argument("name", metavar="NAME|URL")
 @click.argument("refs", metavar="REF...", nargs=-1, required=True)
 @click.option("--lazy", is_flag=True, help="Fetch manifests and refs only; objects come when something reads them.")
+@click.option(
+    "--as", "rename", metavar="NEW", help="Import the (one) ref under this local name: for diverged histories."
+)
 @jobs_option
 @json_option
 @click.pass_context
-def pull(ctx: click.Context, name: str, refs: tuple[str, ...], lazy: bool, jobs: int | None, as_json: bool) -> None:
-    """Fetch REFs and all they need that this store lacks; every object is verified on arrival."""
-    result = registry(ctx).pull(name, list(refs), lazy=lazy, jobs=jobs)
+def pull(
+    ctx: click.Context, name: str, refs: tuple[str, ...], lazy: bool, rename: str | None, jobs: int | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Fetch REFs and all they need that this store lacks; every object is verified on arrival,
+    and local copies are verified too (a damaged one is replaced from the remote)."""
+    result = registry(ctx).pull(name, list(refs), lazy=lazy, jobs=jobs, rename=rename)
     _print_result("pulled from", result, as_json)
 
 
@@ -93,5 +100,5 @@ def _print_result(verb: str, result: Any, as_json: bool) -> None:
         f"{verb} {result.remote}: {result.objects} objects ({human_bytes(result.object_bytes)}), "
         f"{result.manifests} manifests, refs {', '.join(result.refs) or '-'}; {objects}"
     )
-    for moved in result.moved:
-        click.echo(f"moved local version {moved}: the remote has other versions there", err=True)
+    for digest in result.repaired:
+        click.echo(f"repaired damaged local object {digest} from {result.remote}", err=True)

@@ -95,7 +95,7 @@ def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str 
         tensors=records,
         files={},
         parents=[Parent(base.digest, "base"), Parent(current.digest, "recipe")],
-        activity=new_activity("ingest", {"source": str(Path(folder).resolve()), "as_version_of": name}, message),
+        activity=new_activity("ingest", {"source": Path(folder).resolve().name, "as_version_of": name}, message),
         recipe={"steps": recipe},
         config=scan.config,
     )

@@ -21,7 +21,7 @@ from .gc import GcReport
 from .ingest import IngestResult
 from .provenance import Lineage
 from .refs import RefEntry
-from .registry import Registry
+from .registry import Registry, RollbackResult
 from .remotes import Remote, TransferResult
 from .store import Store
 
@@ -43,6 +43,7 @@ __all__ = [
     "Registry",
     "Remote",
     "RemoteError",
+    "RollbackResult",
     "SchemaError",
     "Store",
     "TensorRecord",

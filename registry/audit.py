@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends import LocalBackend
 from .banks import Bank
 from .digest import short
 from .errors import WeightbankError
 from .provenance import parents_of
+from .refs import parse_ref
 from .store import Store
 
 
@@ -36,6 +38,9 @@ class CheckReport:
     objects: int = 0
     refs: int = 0
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not damage
+
+    bad_objects: list[str] = field(default_factory=list)  # missing or damaged, by digest
 
     @property
     def ok(self) -> bool:
@@ -48,6 +53,7 @@ class CheckReport:
             "objects": self.objects,
             "refs": self.refs,
             "problems": [{"subject": p.subject, "detail": p.detail} for p in self.problems],
+            "notes": self.notes,
         }
 
 
@@ -72,6 +78,7 @@ class _Checker:
                 self.checked_objects[digest] = True
             except WeightbankError as exc:
                 self.checked_objects[digest] = False
+                self.report.bad_objects.append(digest)
                 self.report.problems.append(Problem(f"object {digest}", str(exc)))
             self.report.objects += 1
         return self.checked_objects[digest]
@@ -128,37 +135,46 @@ class _Checker:
 def _names_by_target(store: Store) -> dict[str, list[str]]:
     names: dict[str, list[str]] = {}
     for name in store.refs.names():
-        for version in store.refs.versions(name):
-            try:
-                entry = store.refs.get(name, version)
-            except WeightbankError:
-                continue
-            names.setdefault(entry.target, []).append(f"{name}@v{version}")
+        history, _ = store.refs.scan(name)
+        for entry in history.live():
+            names.setdefault(entry.manifest, []).append(entry.label)
     return names
 
 
 def audit(store: Store, ref: str) -> CheckReport:
-    """Re-verify everything `ref` depends on: its manifest, parents, and all their objects."""
+    """Re-verify everything `ref` depends on: its manifest, parents, and all their objects;
+    for a ref name, its history too (links, gaps, the head record)."""
     root = store.resolve(ref)
     checker = _Checker(store, _names_by_target(store))
+    name = parse_ref(ref).name
+    if name is not None:
+        _check_history(store, name, checker.report)
     checker.walk([root])
     return checker.report
 
 
+def _check_history(store: Store, name: str, report: CheckReport) -> None:
+    """Problems of one ref's history, and of live versions whose manifest is missing."""
+    history, unreadable = store.refs.scan(name)
+    report.refs += len(history.entries) + len(unreadable)
+    report.problems += [Problem(f"ref {name}", detail) for detail in unreadable + history.problems()]
+    for entry in history.live():
+        if not store.manifests.has(entry.manifest):
+            report.problems.append(Problem(f"ref {entry.label}", f"target {entry.target} is missing"))
+
+
 def fsck(store: Store) -> CheckReport:
-    """Verify the whole store: every ref entry, manifest and object."""
+    """Verify the whole store: every ref history, manifest and object; temporaries that killed
+    writers left behind are noted (the next writer or gc removes them)."""
     checker = _Checker(store, _names_by_target(store))
     for name in store.refs.names():
-        for version in store.refs.versions(name):
-            checker.report.refs += 1
-            try:
-                entry = store.refs.get(name, version)
-            except WeightbankError as exc:
-                checker.report.problems.append(Problem(f"ref {name}@v{version}", str(exc)))
-                continue
-            if not store.manifests.has(entry.target):
-                checker.report.problems.append(Problem(f"ref {name}@v{version}", f"target {entry.target} is missing"))
+        _check_history(store, name, checker.report)
     checker.walk(list(store.manifests))
     for digest in store.objects:
         checker.verify_object(digest)
+    backend = store.backend
+    if isinstance(backend, LocalBackend):
+        checker.report.notes += [
+            f"{path}: left by a writer that is gone; gc removes it" for path in backend.stale_temporaries()
+        ]
     return checker.report

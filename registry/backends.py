@@ -10,11 +10,13 @@ fsync nor an atomic create-only rename; everything else goes through fsspec.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
 import sys
-import uuid
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
@@ -22,13 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from .file_range import FileRange, write_all
+from .temporaries import TEMP_PREFIX, is_stale, temp_name
 
 if TYPE_CHECKING:
     import fsspec
 
 Chunk = bytes | bytearray | memoryview | FileRange
 Chunks = Iterable[Chunk]
-TEMP_PREFIX = ".tmp-"
+TEMP_DIR = "tmp"  # a local store's temporary files, all in one folder
+__all__ = ["TEMP_DIR", "TEMP_PREFIX", "Backend", "Chunk", "Chunks", "FsspecBackend", "LocalBackend", "open_backend"]
 
 
 class Backend(Protocol):
@@ -37,9 +41,14 @@ class Backend(Protocol):
     `write_atomic` is `stage` (bytes written under a temporary name in `folder`) followed
     by `publish` (made durable, then given their name); the two halves exist so a caller
     can write bytes while it is still computing the name (the digest) they will get.
+
+    `freshen` and `remove_unless_fresh` are the two halves of the protocol between writers
+    and gc (see `gc`): a writer that reuses a file freshens it (False: it is gone, write it
+    again); gc removes a file only if it is still not fresh once nobody can freshen it any more.
     """
 
     url: str
+    freshens: bool  # whether `freshen` really marks files (local folders) or only checks them
 
     def read_bytes(self, path: str) -> bytes: ...
     def open_read(self, path: str) -> BinaryIO: ...
@@ -55,6 +64,8 @@ class Backend(Protocol):
     def walk(self, path: str) -> Iterator[str]: ...
     def remove(self, path: str) -> None: ...
     def modified(self, path: str) -> float: ...
+    def freshen(self, path: str) -> bool: ...
+    def remove_unless_fresh(self, path: str, cutoff: float) -> bool: ...
     def batch(self) -> AbstractContextManager[None]: ...
 
 
@@ -64,18 +75,22 @@ def in_memory(chunks: Chunks) -> list[bytes | bytearray | memoryview]:
 
 
 def _temp_name(path: str) -> str:
-    head, _, tail = path.rpartition("/")
-    return f"{head}/{TEMP_PREFIX}{tail}.{uuid.uuid4().hex}" if head else f"{TEMP_PREFIX}{tail}.{uuid.uuid4().hex}"
+    head, _, _tail = path.rpartition("/")
+    return f"{head}/{temp_name()}" if head else temp_name()
 
 
 class LocalBackend:
-    """A store in a local folder: fsynced temp files, atomic renames, O_EXCL-style links."""
+    """A store in a local folder: fsynced temp files in `tmp/`, atomic renames, O_EXCL-style
+    links. Temporaries a killed writer left behind are removed by the next writer."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
         # While batching: final path -> the temporary file that will be published under it.
         self._pending: dict[str, Path] | None = None
+        self._pending_lock = threading.Lock()
+        self._cleaned = False
+        self.freshens = True
 
     def _full(self, path: str) -> Path:
         return self.root / path
@@ -102,10 +117,13 @@ class LocalBackend:
         return (self._pending is not None and path in self._pending) or self._full(path).is_file()
 
     def stage(self, chunks: Chunks, folder: str) -> Path:
-        """Write `chunks` to a new temporary file in `folder` (not synced)."""
-        directory = self._full(folder)
-        directory.mkdir(parents=True, exist_ok=True)
-        temp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        """Write `chunks` to a new temporary file (in `tmp/`, whatever `folder`; not synced)."""
+        directory = self._full(TEMP_DIR)
+        if not self._cleaned:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.remove_stale_temporaries()
+            self._cleaned = True
+        temp = directory / temp_name()
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             for chunk in chunks:
@@ -124,9 +142,10 @@ class LocalBackend:
         """fsync, rename to `path`, fsync the folder; inside `batch()`, deferred to its end."""
         final = self._full(path)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if self._pending is not None:
-            self._pending[path] = staged
-            return
+        with self._pending_lock:
+            if self._pending is not None:
+                self._pending[path] = staged
+                return
         self._fsync(staged)
         os.replace(staged, final)
         self._fsync(final.parent)
@@ -161,10 +180,12 @@ class LocalBackend:
         try:
             yield
         except BaseException:
+            with self._pending_lock:
+                self._pending = None
             for temp in pending.values():
                 temp.unlink(missing_ok=True)
             raise
-        finally:
+        with self._pending_lock:
             self._pending = None
         self._sync_all(pending.values())
         for path, temp in pending.items():
@@ -180,13 +201,68 @@ class LocalBackend:
 
     def create_exclusive(self, path: str, data: bytes) -> None:
         temp = self.stage([data], path.rpartition("/")[0])
+        final = self._full(path)
         try:
             self._fsync(temp)
+            final.parent.mkdir(parents=True, exist_ok=True)
             # link() fails with EEXIST if the name exists: atomic create-only publication.
-            os.link(temp, self._full(path))
+            os.link(temp, final)
         finally:
             temp.unlink()
-        self._fsync(temp.parent)
+        self._fsync(final.parent)
+
+    def freshen(self, path: str) -> bool:
+        """Mark a file as just used (its mtime), so a running gc keeps it; False if it is gone."""
+        if self._pending is not None and path in self._pending:
+            return True
+        try:
+            os.utime(self._full(path))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_unless_fresh(self, path: str, cutoff: float) -> bool:
+        """Remove `path` unless it was modified (freshened) after `cutoff`. The file is first
+        moved out of its name, so from then on no writer can freshen it (they find it gone and
+        write it again); only then is its age read. True if removed."""
+        final = self._full(path)
+        trash = self._full(TEMP_DIR) / temp_name()
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(final, trash)
+        except FileNotFoundError:
+            return False
+        if trash.stat().st_mtime <= cutoff:
+            trash.unlink()
+            return True
+        # A writer freshened it just before: put it back (unless it already wrote it again).
+        with contextlib.suppress(FileExistsError):
+            os.link(trash, final)
+        trash.unlink()
+        return False
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Remove temporaries whose writer is gone (see `temporaries`); their store paths."""
+        return [path for path in self.stale_temporaries() if self._remove_quietly(path)]
+
+    def stale_temporaries(self) -> list[str]:
+        folder = self._full(TEMP_DIR)
+        now = time.time()
+        found = []
+        for entry in os.scandir(folder) if folder.is_dir() else ():
+            try:
+                if is_stale(entry.name, entry.stat().st_mtime, now):
+                    found.append(f"{TEMP_DIR}/{entry.name}")
+            except FileNotFoundError:
+                continue
+        return found
+
+    def _remove_quietly(self, path: str) -> bool:
+        try:
+            self._full(path).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def list_dir(self, path: str) -> list[str]:
         folder = self._full(path)
@@ -221,6 +297,7 @@ class FsspecBackend:
         self.fs = fs
         self.root = root.rstrip("/")
         self.url = url
+        self.freshens = False
         protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
         self._atomic_put = bool(protocols & self._ATOMIC_PUT_PROTOCOLS)
 
@@ -240,7 +317,22 @@ class FsspecBackend:
         return int(self.fs.size(self._full(path)))
 
     def exists(self, path: str) -> bool:
+        # Asked afresh: another process may have written since (fsspec caches listings).
+        self.fs.invalidate_cache(self._full(path))
         return bool(self.fs.isfile(self._full(path)))
+
+    def freshen(self, path: str) -> bool:
+        """Object stores cannot refresh a file's time cheaply: only whether it is there."""
+        return self.exists(path)
+
+    def remove_unless_fresh(self, path: str, cutoff: float) -> bool:
+        try:
+            if self.modified(path) > cutoff:
+                return False
+            self.remove(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def stage(self, chunks: Chunks, folder: str) -> list[bytes | bytearray | memoryview]:
         """Nothing is written until `publish` knows the name; file ranges are read now."""
@@ -338,7 +430,10 @@ def open_backend(url: str | Path) -> Backend:
     import fsspec  # only stores given by URL need it
     from fsspec.implementations.local import LocalFileSystem
 
-    fs, root = fsspec.core.url_to_fs(text)
+    protocol = text.partition("://")[0]
+    # s3fs remembers listings for the life of the filesystem: never trust them here.
+    options = {"use_listings_cache": False} if protocol in FsspecBackend._ATOMIC_PUT_PROTOCOLS else {}
+    fs, root = fsspec.core.url_to_fs(text, **options)
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(root)
     return FsspecBackend(fs, root, text)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
 from .safetensors_format import TensorEntry
+from .temporaries import is_stale, token
 
 MODEL_CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -21,6 +22,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 DEFAULT_METADATA = {"format": "pt"}
+STAGING_MARK = ".wb-tmp-"
 
 
 def natural_key(name: str) -> list[object]:
@@ -63,6 +65,18 @@ def layout(tensors: Mapping[str, tuple[str, tuple[int, ...], int]]) -> dict[str,
     return entries
 
 
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove staging folders in `folder` whose export or compose was killed; return them."""
+    removed = []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and STAGING_MARK in entry.name and entry.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                if is_stale(entry.name, entry.stat().st_mtime):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+    return removed
+
+
 def check_output_folder(out: Path) -> None:
     """An output folder must not exist yet, or be empty: nothing of the user's is overwritten."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -72,10 +86,12 @@ def check_output_folder(out: Path) -> None:
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield a hidden sibling folder that is renamed to `out` only if the block succeeds;
-    on any error it is removed, so `out` is never seen half-written."""
+    on any error it is removed, so `out` is never seen half-written. Staging folders that a
+    killed export left beside it are removed first (see `temporaries`)."""
     check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.wb-tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_staging(out.parent)
+    staging = out.parent / f".{out.name}{STAGING_MARK}{token()}"
     staging.mkdir()
     try:
         yield staging

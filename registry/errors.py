@@ -29,3 +29,7 @@ class ConflictError(WeightbankError):
 
 class RemoteError(WeightbankError):
     """A push or pull failed on the way: the remote refused a request, or I/O failed."""
+
+
+class WeightbankWarning(UserWarning):
+    """Something worth telling the user that did not stop the work (the CLI prints one line)."""

@@ -10,6 +10,7 @@ object only if the store lacks it. Peak memory is about the largest tensor.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from typing import Any
 
 from .banks import Bank, FileRecord, Parent, TensorRecord, content_of, new_bank_manifest
 from .checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, WEIGHTS, WEIGHTS_INDEX
-from .errors import InputError
+from .digest import PREFIX, is_digest
+from .errors import InputError, SchemaError, WeightbankError
 from .file_range import FileRange
 from .hash_cache import HashCache, file_identity
 from .json_input import parse_json_object
+from .manifests import validate_manifest
 from .names import check_ref_name, check_relative_path
 from .objects import PutResult
 from .peft_adapter import check_fits_base, check_lora_config
@@ -129,7 +132,42 @@ def _weight_files(root: Path, top: dict[str, Path], kind: str) -> list[str]:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    return parse_json_object(path.read_bytes(), str(path), what)
+    return parse_json_object(regular_file(path).read_bytes(), str(path), what)
+
+
+def _link_roots(folder: Path) -> list[Path]:
+    """Where links in a model folder may point: inside it, or — for a Hugging Face cache
+    snapshot (`…/models--org--name/snapshots/<rev>/`, whose files link to `../../blobs/`) —
+    inside that repo's cache folder."""
+    real = folder.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots" and (real.parent.parent / "blobs").is_dir():
+        roots.append(real.parent.parent)
+    return roots
+
+
+def regular_file(path: Path, folder: Path | None = None) -> Path:
+    """`path`, if it is a regular file or a link to one that stays inside its model folder
+    `folder` (default: the file's own folder; see `_link_roots`); anything else — a link out, a FIFO, a device, a folder — is refused
+    before it is opened (a FIFO would block forever, a link out could leak a secret)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{path.parent}: file name {path.name!r} is not valid UTF-8") from None
+    if path.is_symlink():
+        target = path.resolve()
+        if not any(target.is_relative_to(root) for root in _link_roots(folder or path.parent)):
+            raise InputError(
+                f"{path}: links outside the model folder (to {target}); only links that stay inside it, or inside "
+                "a Hugging Face cache repo, are followed"
+            )
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: broken link") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: not a regular file")
+    return path
 
 
 def _index_map(index_path: Path) -> dict[str, str]:
@@ -159,7 +197,7 @@ def _check_index(index_path: Path, weights: list[WeightFile]) -> None:
 
 
 def _read_weight_file(path: Path) -> WeightFile:
-    size = path.stat().st_size
+    size = regular_file(path).stat().st_size
     with open(path, "rb") as stream:
         return WeightFile(path, read_header(stream, size, str(path)))
 
@@ -174,11 +212,16 @@ def _check_unique_tensors(weights: list[WeightFile]) -> None:
 
 
 def _other_files(root: Path, weight_names: set[str]) -> tuple[dict[str, Path], list[str]]:
-    """Every other file (symlinks followed, hidden entries skipped) by relative path."""
+    """Every other file by relative path (links followed only inside the folder, see
+    `regular_file`; hidden entries skipped)."""
     files: dict[str, Path] = {}
     skipped: list[str] = []
     for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        links = sorted(d for d in dirs if (Path(folder) / d).is_symlink() and not d.startswith("."))
+        skipped += [
+            f"{(Path(folder) / d).relative_to(root).as_posix()} (a link to a folder: not followed)" for d in links
+        ]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
         for name in sorted(names):
             path = Path(folder) / name
             rel = path.relative_to(root).as_posix()
@@ -190,9 +233,7 @@ def _other_files(root: Path, weight_names: set[str]) -> tuple[dict[str, Path], l
             ):
                 skipped.append(rel)
                 continue
-            if not path.is_file():
-                raise InputError(f"{path}: not a regular file (broken link?)")
-            files[check_relative_path(rel, str(root))] = path
+            files[check_relative_path(rel, str(root))] = regular_file(path, root)
     return files, skipped
 
 
@@ -205,11 +246,13 @@ def ingest_folder(
     message: str = "",
     show_progress: bool = False,
     rehash: bool = False,
+    force_type: bool = False,
 ) -> IngestResult:
     """Ingest a model or adapter folder as the next version of ref `name`.
 
     Weight files already ingested and unchanged since (same inode, size, mtime, ctime) are not
-    re-read unless `rehash` is set.
+    re-read unless `rehash` is set. A new version keeps the kind of bank `name` holds (a base
+    stays a base) unless `force_type`. Provenance records the folder's name, not its path.
     """
     check_ref_name(name)
     scan = scan_folder(folder)
@@ -219,28 +262,19 @@ def ingest_folder(
         parents = [Parent(base_bank.digest, "base")]
     elif base is not None:
         raise InputError(f"{folder}: --base applies to adapter folders; this is a model folder")
+    if not force_type:
+        store.check_type(name, scan.kind)
+    _check_storable(scan, parents, message)  # everything is checked before the first object is written
 
     tensors, files, created = _store_contents(store, scan, show_progress, rehash)
-    metadata = scan.weights[0].header.metadata
-    manifest = new_bank_manifest(
-        scan.kind,
-        tensors=tensors,
-        files=files,
-        parents=parents,
-        activity=new_activity(
-            "ingest", {"source": str(scan.folder.resolve()), "format": f"{scan.kind}-folder"}, message
-        ),
-        config=scan.config if scan.kind == "base" else None,
-        peft_config=scan.config if scan.kind == "adapter" else None,
-        safetensors_metadata=metadata or None,
-    )
+    manifest = _manifest(scan, tensors, files, parents, message)
     head = store.refs.head(name)
-    unchanged = head is not None and content_of(store.manifests.get(head.target)) == content_of(manifest)
+    unchanged = head is not None and content_of(store.manifests.get(head.manifest)) == content_of(manifest)
     if head is not None and unchanged:
-        version, digest = head.version, head.target
+        version, digest = head.version, head.manifest
     else:
         digest = store.manifests.put(manifest)
-        version = store.record(name, digest, action="ingest", message=message).version
+        version = store.record(name, digest, action="ingest", message=message, force_type=force_type).version
     return IngestResult(
         name=name,
         version=version,
@@ -254,6 +288,43 @@ def ingest_folder(
         unchanged=unchanged,
         skipped=scan.skipped,
     )
+
+
+def _manifest(
+    scan: FolderScan,
+    tensors: dict[str, TensorRecord],
+    files: dict[str, FileRecord],
+    parents: list[Parent],
+    message: str,
+) -> dict[str, Any]:
+    metadata = scan.weights[0].header.metadata
+    return new_bank_manifest(
+        scan.kind,
+        tensors=tensors,
+        files=files,
+        parents=parents,
+        activity=new_activity(
+            "ingest", {"source": scan.folder.resolve().name, "format": f"{scan.kind}-folder"}, message
+        ),
+        config=scan.config if scan.kind == "base" else None,
+        peft_config=scan.config if scan.kind == "adapter" else None,
+        safetensors_metadata=metadata or None,
+    )
+
+
+def _check_storable(scan: FolderScan, parents: list[Parent], message: str) -> None:
+    """The manifest ingest will store, with stand-in digests, must validate and encode."""
+    stand_in = PREFIX + "0" * 64
+    tensors = {
+        name: TensorRecord(stand_in, entry.dtype, entry.shape, entry.nbytes)
+        for weight in scan.weights
+        for name, entry in weight.header.tensors.items()
+    }
+    files = {rel: FileRecord(stand_in, 0) for rel in scan.files}
+    try:
+        validate_manifest(_manifest(scan, tensors, files, parents, message), "the bank manifest")
+    except SchemaError as exc:
+        raise InputError(f"{scan.folder}: cannot be stored: {exc}") from None
 
 
 def _adapter_base(store: Store, base: str | None, scan: FolderScan) -> Bank:
@@ -291,7 +362,7 @@ def _store_contents(
                         remembered[name] = result.digest
                         advance(entry.nbytes)
                     if cache is not None:
-                        cache.remember(weight.path, identity, remembered)
+                        cache.remember(weight.path, identity, weight.header, remembered)
                 else:
                     advance(sum(e.nbytes for e in weight.header.tensors.values()))
                 for name, entry in weight.header.tensors.items():
@@ -309,11 +380,22 @@ def _store_contents(
 
 
 def _remembered(store: Store, cache: HashCache, weight: WeightFile) -> dict[str, str] | None:
-    """Digests remembered for an unchanged file, if all its objects are still stored."""
-    digests = cache.lookup(weight.path)
-    if digests is None or digests.keys() != weight.header.tensors.keys():
+    """Digests remembered for an unchanged file, if every object is still stored (and marked
+    used, for gc) and holds the dtype and shape this run read from the file's header."""
+    digests = cache.lookup(weight.path, weight.header)
+    if digests is None:
         return None
-    return digests if all(store.objects.has(d) for d in digests.values()) else None
+    for name, entry in weight.header.tensors.items():
+        digest = digests[name]
+        if not is_digest(digest) or not store.objects.reuse(digest):
+            return None
+        try:
+            stored = store.objects.tensor_entry(digest)
+        except WeightbankError:
+            return None
+        if (stored.dtype, stored.shape) != (entry.dtype, entry.shape):
+            return None
+    return digests
 
 
 def tensor_ranges(weight: WeightFile) -> Iterator[tuple[str, TensorEntry, FileRange]]:

@@ -8,6 +8,7 @@ have equal digests; a reader checks the digest, the canonical form and the schem
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -18,9 +19,11 @@ from referencing import Resource
 
 from weightbank import schemas
 
-from .backends import TEMP_PREFIX, Backend
+from .backends import Backend
 from .digest import PREFIX, digest_bytes, hex_of, is_digest
 from .errors import IntegrityError, NotFoundError, SchemaError
+from .safetensors_format import DTYPE_SIZES
+from .temporaries import TEMP_PREFIX
 
 MANIFESTS_DIR = "manifests"
 # Which schema a stored document validates against, by its "kind".
@@ -56,6 +59,19 @@ def validate_manifest(document: Any, what: str) -> None:
     if kind not in ("bank", "composition"):
         raise SchemaError(f"{what} is not a MES v1 manifest: 'kind' must be 'bank' or 'composition', got {kind!r}")
     validate(document, SCHEMA_OF_KIND[kind], what)
+    if kind == "bank":
+        _check_tensor_sizes(document, what)
+
+
+def _check_tensor_sizes(document: dict[str, Any], what: str) -> None:
+    """A tensor's `bytes` must be what its dtype and shape take (export writes headers from them)."""
+    for name, tensor in document["tensors"].items():
+        expected = math.prod(tensor["shape"]) * DTYPE_SIZES[tensor["dtype"]]
+        if tensor["bytes"] != expected:
+            raise SchemaError(
+                f"{what} is not a valid MES v1 bank: tensor {name!r} says {tensor['bytes']} bytes but "
+                f"{tensor['dtype']}{tensor['shape']} takes {expected}"
+            )
 
 
 def manifest_path(digest: str) -> str:
@@ -74,7 +90,7 @@ class ManifestStore:
         validate_manifest(document, "manifest")
         data = canonical_json(document)
         digest = digest_bytes(data)
-        if not self.has(digest):
+        if not self.backend.freshen(manifest_path(digest)):  # reused manifests are marked used, for gc
             self.backend.write_atomic(manifest_path(digest), [data])
         return digest
 

@@ -21,11 +21,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
-from .backends import TEMP_PREFIX, Backend, Chunk
+from .backends import Backend, Chunk
 from .digest import PREFIX, digest_bytes, digest_file, format_digest, hex_of, is_digest, stream_hasher
 from .errors import IntegrityError, NotFoundError
 from .file_range import FileRange, write_all
 from .safetensors_format import TensorEntry, canonical_header, read_canonical_entry
+from .temporaries import TEMP_PREFIX
 
 Buffer = bytes | bytearray | memoryview
 OBJECTS_DIR = "objects"
@@ -74,13 +75,18 @@ class ObjectStore:
         """Whether the object is here (never fetches)."""
         return self.backend.exists(object_path(digest))
 
+    def reuse(self, digest: str) -> bool:
+        """Whether the object is here, marking it as used so that a concurrent gc keeps it
+        (see `gc`); False means it must be written (again)."""
+        return self.backend.freshen(object_path(digest))
+
     def size(self, digest: str) -> int:
         return self._on_backend(digest, self.backend.size)
 
     def put(self, data: Buffer) -> PutResult:
         """Store a file object (hashed first; written only when missing)."""
         digest = digest_bytes(data)
-        if self.has(digest):
+        if self.reuse(digest):
             return PutResult(digest, len(data), created=False)
         self.backend.write_atomic(object_path(digest), [data])
         return PutResult(digest, len(data), created=True)
@@ -107,7 +113,7 @@ class ObjectStore:
         size = len(header) + len(data)
         staged = copier.submit(self.backend.stage, parts, OBJECTS_DIR) if copier is not None else None
         digest = digest or tensor_object_digest(dtype, shape, data)
-        if self.has(digest):
+        if self.reuse(digest):
             if staged is not None:
                 self.backend.discard(staged.result())
             return PutResult(digest, size, created=False)

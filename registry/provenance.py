@@ -11,9 +11,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import socket
+import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from .digest import short
@@ -31,15 +32,27 @@ def utc_now() -> str:
 
 
 def current_agent() -> str:
-    """`$WEIGHTBANK_AGENT`, else `user@host`."""
-    agent = os.environ.get(ENV_AGENT)
-    if agent:
-        return agent
+    """Who is acting, as recorded in provenance and ref logs (which travel to shared remotes):
+    `$WEIGHTBANK_AGENT`, else git's `user.email`, else the login name — never the host name."""
+    return os.environ.get(ENV_AGENT) or _git_email() or _login()
+
+
+@cache
+def _git_email() -> str | None:
     try:
-        user = getpass.getuser()
+        found = subprocess.run(
+            ["git", "config", "--get", "user.email"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+        return "unknown"
 
 
 def tool_version() -> str:
@@ -107,8 +120,8 @@ def build_lineage(store: Store, root: str) -> Lineage:
     """Walk parents from `root`; missing or unreadable manifests become nodes with a problem."""
     names_by_target: dict[str, list[str]] = {}
     for name in store.refs.names():
-        for entry in store.refs.history(name):
-            names_by_target.setdefault(entry.target, []).append(f"{name}@v{entry.version}")
+        for entry in store.refs.history(name).live():
+            names_by_target.setdefault(entry.manifest, []).append(entry.label)
     nodes: dict[str, LineageNode] = {}
     pending = [root]
     while pending:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,18 @@ from .export import ExportResult, export_bank
 from .gc import DEFAULT_GRACE_SECONDS, GcReport, collect_garbage
 from .ingest import IngestResult, ingest_folder
 from .provenance import Lineage, build_lineage
-from .refs import RefEntry
+from .refs import RefEntry, parse_ref
 from .remotes import DEFAULT_JOBS, Remote, TransferResult, config, transfer
 from .remotes.urls import open_remote
 from .store import Store
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """The version a rollback leaves at the head; `appended` is False when it already pointed there."""
+
+    entry: RefEntry
+    appended: bool
 
 
 class Registry:
@@ -37,15 +46,25 @@ class Registry:
         self.progress = progress
 
     def ingest(
-        self, folder: str | Path, name: str, *, base: str | None = None, message: str = "", rehash: bool = False
+        self,
+        folder: str | Path,
+        name: str,
+        *,
+        base: str | None = None,
+        message: str = "",
+        rehash: bool = False,
+        force_type: bool = False,
     ) -> IngestResult:
         """Ingest a Hugging Face model folder, or a PEFT adapter folder (`base` required), as `name`.
 
-        Unchanged weight files seen before are not re-read; `rehash=True` reads them anyway.
+        Unchanged weight files seen before are not re-read; `rehash=True` reads them anyway. A new
+        version keeps the bank type `name` holds unless `force_type` (a typo cannot turn a base
+        into an adapter).
         """
         return ingest_folder(
-            self.store, folder, name, base=base, message=message, show_progress=self.progress, rehash=rehash
-        )
+            self.store, folder, name, base=base, message=message, show_progress=self.progress, rehash=rehash,
+            force_type=force_type,
+        )  # fmt: skip
 
     def export(
         self, ref: str, out_dir: str | Path, *, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
@@ -62,19 +81,37 @@ class Registry:
         return self.store.manifests.get(self.store.resolve(ref))
 
     def log(self, name: str) -> list[RefEntry]:
-        """Every version of ref `name`, oldest first."""
-        return self.store.refs.history(name)
+        """Every entry of ref `name` (versions and tombstones), oldest first."""
+        return self.store.refs.history(name).entries
 
     def refs(self) -> list[RefEntry]:
-        """The latest version of every ref, by name."""
+        """What every ref resolves to (its newest live version), by name; removed refs are left out."""
         return [entry for name in self.store.refs.names() if (entry := self.store.refs.head(name)) is not None]
 
-    def rollback(self, name: str, to: int, *, message: str = "") -> RefEntry:
-        """Append a version of `name` that points where version `to` pointed. History is kept."""
-        old = self.store.refs.get(name, to)
-        return self.store.record(
-            name, old.target, action="rollback", message=message or f"roll back to v{to}", rollback_to=to
-        )
+    def rollback(self, name: str, to: int, *, message: str = "") -> RollbackResult:
+        """Append a version of `name` that points where version `to` pointed. History is kept;
+        nothing is appended if `name` already points there."""
+        history = self.store.refs.history(name)
+        old = history.resolve(to)
+        head = history.head()
+        if head is not None and head.target == old.target:
+            return RollbackResult(head, appended=False)
+        entry = self.store.record(
+            name, old.manifest, action="rollback", message=message or f"roll back to v{to}", rollback_to=to,
+            force_type=True,  # restoring history, whatever the ref held since
+        )  # fmt: skip
+        return RollbackResult(entry, appended=True)
+
+    def rm(self, ref: str, *, purge: bool = False, message: str = "") -> RefEntry:
+        """Remove `NAME` (every version) or `NAME@vN` by appending a tombstone to its history.
+        Removed versions stop resolving; `gc` may collect what only they reached once the
+        tombstone is older than its grace period. `purge` (whole refs): gc then deletes the
+        history too, and the name is free again."""
+        spec = parse_ref(ref)
+        if spec.name is None:
+            raise InputError(f"rm takes a ref name (NAME or NAME@vN), not a digest: {ref}")
+        versions = None if spec.version is None else [spec.version]
+        return self.store.remove(spec.name, versions, purge=purge, message=message)
 
     def lineage(self, ref: str) -> Lineage:
         """The provenance DAG of `ref`."""
@@ -88,9 +125,25 @@ class Registry:
         """Verify every ref, manifest and object in the store."""
         return fsck(self.store)
 
-    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> GcReport:
-        """Remove objects and manifests no version of any ref reaches (older than the grace period)."""
-        return collect_garbage(self.store, dry_run=dry_run, grace_seconds=grace_seconds)
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        keep_last: int | None = None,
+        refs: list[str] | None = None,
+    ) -> GcReport:
+        """Remove objects and manifests no live version of any ref reaches (older than the grace
+        period). `keep_last`: first remove all but the N newest versions of `refs` (default all)."""
+        return collect_garbage(self.store, dry_run=dry_run, grace_seconds=grace_seconds, keep_last=keep_last, refs=refs)
+
+    def repair(self, remote: str, digests: list[str], *, jobs: int | None = None) -> list[str]:
+        """Fetch objects that are missing or damaged here (e.g. `fsck().bad_objects`) again
+        from a remote, verified; return those repaired."""
+        source = config.find(self.store, remote)
+        return transfer.repair(
+            self.store, open_remote(source.url), digests, label=source.name or source.url, jobs=jobs or DEFAULT_JOBS
+        )
 
     def remote_add(self, name: str, url: str) -> Remote:
         """Record remote `name` at `url`: `file://PATH`, `s3://BUCKET/PREFIX`, `hf://OWNER/REPO`
@@ -119,10 +172,14 @@ class Registry:
             jobs=jobs or DEFAULT_JOBS, progress=self.progress,
         )  # fmt: skip
 
-    def pull(self, remote: str, refs: list[str], *, lazy: bool = False, jobs: int | None = None) -> TransferResult:
+    def pull(
+        self, remote: str, refs: list[str], *, lazy: bool = False, jobs: int | None = None, rename: str | None = None
+    ) -> TransferResult:
         """Fetch `refs` from a remote (a name, or a URL) with everything they need that this store
-        lacks, every object verified before it is stored. With `lazy`, objects stay on the remote
-        and are fetched when something reads them (e.g. compose).
+        lacks, every object verified before it is stored; objects already here are verified too
+        and replaced if damaged. With `lazy`, objects stay on the remote and are fetched when
+        something reads them (e.g. compose). Local versions are never rewritten: if a ref's
+        histories diverged, ConflictError; `rename` imports the one ref under another name.
 
         Example:
             >>> reg.pull("origin", ["my-lora"], lazy=True)        # doctest: +SKIP
@@ -136,7 +193,7 @@ class Registry:
             config.mark_lazy(self.store, source.name)
         return transfer.pull(
             self.store, open_remote(source.url), _some(refs), label=source.name or source.url,
-            jobs=jobs or DEFAULT_JOBS, progress=self.progress, lazy=lazy,
+            jobs=jobs or DEFAULT_JOBS, progress=self.progress, lazy=lazy, rename=rename,
         )  # fmt: skip
 
 

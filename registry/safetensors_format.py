@@ -78,7 +78,7 @@ def read_header(stream: BinaryIO, file_size: int, source: str) -> SafetensorsHea
         raise InputError(f"{source}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + header_len > file_size:
         raise InputError(f"{source}: header length {header_len} runs past the end of the {file_size}-byte file")
-    header = parse_json_object(stream.read(header_len), source, "header")
+    header = parse_json_object(stream.read(header_len), source, "header", unique_keys=True)
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (
         isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
@@ -94,7 +94,7 @@ def _parse_entry(name: str, spec: object, source: str) -> TensorEntry:
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise InputError(f"{source}: tensor {name!r} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise InputError(f"{source}: tensor {name!r} has unknown or unsupported dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
         raise InputError(f"{source}: tensor {name!r} has an invalid shape {shape!r}")

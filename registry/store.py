@@ -10,11 +10,11 @@ from .banks import Bank
 from .digest import PREFIX
 from .errors import ConflictError, InputError, NotFoundError
 from .hash_cache import HashCache
-from .manifests import MANIFESTS_DIR, ManifestStore
+from .manifests import MANIFESTS_DIR, ManifestStore, manifest_path
 from .names import check_ref_name
 from .objects import ObjectStore
-from .provenance import current_agent, utc_now
-from .refs import RefEntry, RefStore, parse_ref
+from .provenance import current_agent, parents_of, utc_now
+from .refs import TOMBSTONE, RefEntry, RefStore, parse_ref
 
 ENV_HOME = "WEIGHTBANK_HOME"
 
@@ -58,18 +58,16 @@ class Store:
         return self.resolve_entry(ref)[0]
 
     def resolve_entry(self, ref: str) -> tuple[str, RefEntry | None]:
-        """The digest a ref names, and the ref entry it came through (None for digests)."""
+        """The digest a ref names, and the ref entry it came through (None for digests).
+        Removed versions do not resolve: NotFoundError names the tombstone."""
         spec = parse_ref(ref)
         if spec.digest is not None:
             return self._expand_digest(spec.digest), None
         assert spec.name is not None
-        if spec.version is None:
-            entry = self.refs.head(spec.name)
-            if entry is None:
-                raise NotFoundError(f"no ref named {spec.name!r} in the store at {self.url}")
-        else:
-            entry = self.refs.get(spec.name, spec.version)
-        return entry.target, entry
+        if not self.refs.versions(check_ref_name(spec.name)):
+            raise NotFoundError(f"no ref named {spec.name!r} in the store at {self.url}")
+        entry = self.refs.resolve(spec.name, spec.version)
+        return entry.manifest, entry
 
     def _expand_digest(self, prefix: str) -> str:
         hex_prefix = prefix[len(PREFIX) :]
@@ -105,29 +103,137 @@ class Store:
         message: str = "",
         version: int | None = None,
         rollback_to: int | None = None,
+        force_type: bool = False,
     ) -> RefEntry:
         """Append a version of `name` pointing at manifest `target` (compare-and-swap).
 
-        `version` defaults to one past the current head; if another writer publishes that
-        version first, ConflictError says so and `target` stays stored, unnamed.
+        `version` defaults to the next one; if another writer publishes it first, ConflictError
+        says so and `target` stays stored, unnamed. A new version keeps the kind of bank the
+        ref holds (a base stays a base) unless `force_type`.
         """
         check_ref_name(name)
         if not self.manifests.has(target):
             raise NotFoundError(f"cannot point {name!r} at {target}: no such manifest in the store")
-        if version is None:
-            head = self.refs.head(name)
-            version = head.version + 1 if head else 1
+        self.pin(target)
+        last, last_digest = self._last(name)
+        if not force_type and last is not None:
+            self.check_type(name, _kind_of(self.manifests.get(target)))
         entry = RefEntry(
             name=name,
-            version=version,
+            version=self._next_version(name, last, version),
             target=target,
             action=action,
             time=utc_now(),
             agent=current_agent(),
             message=message,
             rollback_to=rollback_to,
+            previous=last_digest,
         )
         try:
             return self.refs.append(entry)
         except ConflictError as exc:
             raise ConflictError(f"{exc}; {target} is stored but not named — run the command again") from None
+
+    def pin(self, target: str) -> None:
+        """Mark manifest `target`, its ancestors and every object they name as used, so that a
+        gc running now keeps them all (the writer's half of the protocol in `gc`; local stores
+        only). NotFoundError if one is already gone: nothing is named, run the command again."""
+        if not self.backend.freshens:
+            return
+        pending, seen = [target], set()
+        lazily: bool | None = None
+        while pending:
+            digest = pending.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            if not self.backend.freshen(manifest_path(digest)):
+                raise NotFoundError(f"manifest {digest} went missing (a concurrent gc?): run the command again")
+            document = self.manifests.get(digest)
+            if document["kind"] == "bank":
+                for obj in Bank(digest, document).object_digests():
+                    if self.objects.reuse(obj):
+                        continue
+                    lazily = self._pulled_lazily() if lazily is None else lazily
+                    if not lazily:
+                        raise NotFoundError(f"object {obj} went missing (a concurrent gc?): run the command again")
+            pending.extend(parent["digest"] for parent in parents_of(document))
+
+    def _pulled_lazily(self) -> bool:
+        """Whether objects may be missing on purpose (a remote was pulled with --lazy)."""
+        from .remotes import config  # remotes build on Store
+
+        return self.objects.fetch is not None and any(remote.lazy for remote in config.load(self).values())
+
+    def remove(
+        self, name: str, versions: list[int] | None = None, *, purge: bool = False, message: str = ""
+    ) -> RefEntry:
+        """Append a tombstone removing `versions` of `name` (default: every live version).
+        Removed versions stop resolving; gc may collect what only they reached once the
+        tombstone is older than its grace period. With `purge` (whole refs only) gc also
+        deletes the history, and the name is free again."""
+        history = self.refs.history(check_ref_name(name))
+        live = [entry.version for entry in history.live()]
+        if versions is None:
+            if not live:
+                raise NotFoundError(f"{name} has no versions left to remove")
+            removes = live
+        else:
+            for number in versions:
+                history.resolve(number)  # refuses tombstones, removed and unknown versions
+            removes = sorted(set(versions))
+        if purge and removes != live:
+            raise InputError(f"--purge removes a whole ref: give {name}, not single versions")
+        last = history.last
+        assert last is not None
+        entry = RefEntry(
+            name=name,
+            version=last.version + 1,
+            target=None,
+            action=TOMBSTONE,
+            time=utc_now(),
+            agent=current_agent(),
+            message=message,
+            previous=history.digests[last.version],
+            removes=tuple(removes),
+            purge=purge,
+        )
+        return self.refs.append(entry)
+
+    def _last(self, name: str) -> tuple[RefEntry | None, str | None]:
+        """The newest entry of `name` and the digest of its bytes (what the next one chains to)."""
+        versions = self.refs.versions(name)
+        if not versions:
+            return None, None
+        return self.refs.read(name, versions[-1])
+
+    @staticmethod
+    def _next_version(name: str, last: RefEntry | None, asked: int | None) -> int:
+        expected = last.version + 1 if last else 1
+        if asked is None or asked == expected:
+            return expected
+        if asked < expected:
+            raise ConflictError(f"ref {name!r} was updated concurrently: v{asked} already exists")
+        raise InputError(f"cannot record {name}@v{asked}: the next version of {name} is v{expected}")
+
+    def check_type(self, name: str, kind: str) -> None:
+        """Refuse a new version of `name` holding another kind of bank (`base`, `adapter`, …,
+        `composition`) than its current one: a typo must not turn a base into an adapter."""
+        head = self.refs.head(name)
+        if head is None:
+            return
+        held = _kind_of(self.manifests.get(head.manifest))
+        if held != kind:
+            raise InputError(
+                f"{name} holds {held} banks ({head.label} is {_article(held)} {held}); refusing to record "
+                f"{_article(kind)} {kind} as its next version — use another name, or --force-type"
+            )
+
+
+def _kind_of(document: dict[str, object]) -> str:
+    """`base`, `adapter`, … for banks; `composition` for compositions."""
+    return str(document.get("type", document["kind"]))
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

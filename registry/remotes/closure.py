@@ -1,8 +1,10 @@
 """What a set of refs needs on the other side of a transfer.
 
-`NAME` carries every version of NAME (a store never holds a version without the ones before
-it), `NAME@vN` the versions up to N, and `blake3:…` one manifest without any ref. Every
-manifest brings its parents, transitively, and every bank manifest its objects. Object sizes
+`NAME` carries every entry of NAME's history (a store never holds a version without the
+ones before it), `NAME@vN` the entries up to N, and `blake3:…` one manifest without any ref.
+The manifests carried are those of the versions live in what is carried (a removed
+version's entry travels, its data does not); every manifest brings its parents,
+transitively, and every bank manifest its objects. Object sizes
 come from the manifests (a tensor object is a canonical header plus the tensor's bytes), so
 computing a closure reads no object.
 """
@@ -16,7 +18,7 @@ from ..banks import Bank
 from ..errors import NotFoundError
 from ..manifests import canonical_json
 from ..provenance import parents_of
-from ..refs import RefEntry, parse_ref
+from ..refs import History, RefEntry, parse_ref
 from ..safetensors_format import canonical_header
 from ..store import Store
 
@@ -40,12 +42,18 @@ def compute(source: Store, refs: Iterable[str], *, have: Store | None = None) ->
         if spec.name is None:
             pending.append(source.resolve(ref))
             continue
-        versions = [e for e in source.refs.entries(spec.name) if spec.version is None or e.version <= spec.version]
-        if not versions or (spec.version is not None and versions[-1].version != spec.version):
+        if not source.refs.versions(spec.name):
             raise NotFoundError(f"no ref {ref} in {source.url}")
-        if len(versions) > len(closure.histories.get(spec.name, [])):
-            closure.histories[spec.name] = versions
-        pending.extend(entry.target for entry in versions)
+        try:
+            history = source.refs.history(spec.name)
+            if spec.version is not None:
+                history.resolve(spec.version)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{exc} (in {source.url})") from None
+        carried = [e for e in history.entries if spec.version is None or e.version <= spec.version]
+        if len(carried) > len(closure.histories.get(spec.name, [])):
+            closure.histories[spec.name] = carried
+        pending.extend(entry.manifest for entry in History(spec.name, carried).live())
     while pending:
         digest = pending.pop()
         if digest in closure.manifests:

@@ -1,59 +1,57 @@
-"""Ref histories on both sides of a transfer: what a push publishes, how a pull merges.
+"""Ref histories on both sides of a transfer: what a push publishes, what a pull appends.
 
-Version numbers are the remote's. A push needs the remote's history of a ref to be a prefix
-of the local one (version by version, the same targets); the local versions after it are
-published create-only, in order. A remote version with another target means someone else
-pushed first: ConflictError, "pull, then push again".
-
-A pull appends the remote versions the local store lacks. Local versions that were never
-pushed and sit where the remote has other versions are moved after the remote's (renumbered,
-their content unchanged), so nothing is lost and the next push publishes them.
+Histories are hash chains of create-only entries, so two stores agree on a ref when one
+history is a prefix of the other, entry for entry. A push publishes the local entries after
+the remote's (a remote entry that differs means someone else pushed first: "pull, then push
+again"); a pull appends the remote entries after the local ones. A version that exists
+locally is never rewritten: when the two histories diverge, pull refuses and names the first
+version where they differ; `pull --as NEW` imports the remote's history under another name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ..errors import ConflictError
-from ..refs import RefEntry
+from ..refs import RefEntry, entry_digest
+
+
+def _divergence(ours: list[RefEntry], theirs: list[RefEntry]) -> int | None:
+    """The first version at which two histories differ, or None if one is a prefix of the other."""
+    for mine, other in zip(ours, theirs, strict=False):
+        if mine != other:
+            return mine.version
+    return None
+
+
+def _describe(entry: RefEntry) -> str:
+    return f"{entry.action} by {entry.agent} at {entry.time}"
 
 
 def unpublished(name: str, ours: list[RefEntry], theirs: list[RefEntry], remote: str) -> list[RefEntry]:
-    """Push: our versions of `name` that the remote lacks; ConflictError if its history differs."""
-    for mine, other in zip(ours, theirs, strict=False):
-        if mine.target != other.target:
-            raise ConflictError(f"remote {remote} has a different v{other.version} of {name}: pull, then push again")
+    """Push: our entries of `name` that the remote lacks; ConflictError if its history differs."""
+    version = _divergence(ours, theirs)
+    if version is not None:
+        raise ConflictError(f"remote {remote} has a different v{version} of {name}: pull, then push again")
     return ours[len(theirs) :]
 
 
-@dataclass(frozen=True)
-class Merge:
-    """Pull: local ref writes in the order to apply them, `(entry, overwrites a local version)`,
-    and the local-only versions moved, as `(old number, new number)`."""
-
-    writes: list[tuple[RefEntry, bool]]
-    moved: list[tuple[int, int]]
-
-
-def merge(ours: list[RefEntry], theirs: list[RefEntry]) -> Merge:
-    """How a local history takes in the remote's (see the module docstring)."""
-    common = 0
-    while common < min(len(ours), len(theirs)) and ours[common].target == theirs[common].target:
-        common += 1
-    incoming, local_only = theirs[common:], ours[common:]
-    if not incoming:
-        return Merge([], [])  # the local history has the remote's (and maybe more)
-    renumbered = {entry.version: len(theirs) + i for i, entry in enumerate(local_only, start=1)}
-    moved = [_renumbered(entry, renumbered) for entry in local_only]
-    # Highest first: a local version is copied to its new number before its old slot is overwritten.
-    order = [*reversed(moved), *incoming]
-    return Merge(
-        [(entry, entry.version <= len(ours)) for entry in order],
-        list(renumbered.items()),
-    )
+def incoming(name: str, ours: list[RefEntry], theirs: list[RefEntry], remote: str) -> list[RefEntry]:
+    """Pull: the remote's entries of `name` to append locally; ConflictError if the histories diverge."""
+    version = _divergence(ours, theirs)
+    if version is not None:
+        mine, other = ours[version - ours[0].version], theirs[version - theirs[0].version]
+        raise ConflictError(
+            f"{name}@v{version} differs here ({_describe(mine)}) and on {remote} ({_describe(other)}); local versions "
+            f"are never rewritten — import the remote's history under another name: pull {remote} {name} --as NEW"
+        )
+    return theirs[len(ours) :]
 
 
-def _renumbered(entry: RefEntry, numbers: dict[int, int]) -> RefEntry:
-    """`entry` under its new number; a rollback to a moved version follows it."""
-    back = entry.rollback_to
-    return replace(entry, version=numbers[entry.version], rollback_to=numbers.get(back, back) if back else back)
+def renamed(entries: list[RefEntry], name: str) -> list[RefEntry]:
+    """The same history under another name, its hash chain recomputed."""
+    result: list[RefEntry] = []
+    for entry in entries:
+        previous = entry_digest(result[-1]) if result else None
+        result.append(replace(entry, name=name, previous=previous))
+    return result

@@ -47,6 +47,7 @@ from ..backends import TEMP_PREFIX, Chunks, in_memory
 from ..errors import NotFoundError, RemoteError
 
 COMMIT_FILES = 100
+REFS_PREFIX = "refs/"
 PATHS_PER_REQUEST = 100
 ATTEMPTS = 6
 FIRST_WAIT_SECONDS = 0.5
@@ -63,6 +64,7 @@ class HubBackend:
         self.repo_type = repo_type
         self.revision = "main"
         self.url = f"hf://datasets/{repo_id}" if repo_type == "dataset" else f"hf://{repo_id}"
+        self.freshens = False
         self._lock = threading.Lock()
         # While batching: the files to commit at the end, and which of them are create-only.
         self._pending: list[CommitOperationAdd] | None = None
@@ -163,7 +165,17 @@ class HubBackend:
         self._add(path, data, create_only=True)
 
     def remove(self, path: str) -> None:
-        self._commit_once([CommitOperationDelete(path_in_repo=path)], guarded=False)
+        self._commit_once([CommitOperationDelete(path_in_repo=path)])
+
+    def freshen(self, path: str) -> bool:
+        """A repo file's time cannot be refreshed without a commit: only whether it is there."""
+        return self.exists(path)
+
+    def remove_unless_fresh(self, path: str, cutoff: float) -> bool:
+        if not self.exists(path) or self.modified(path) > cutoff:
+            return False
+        self.remove(path)
+        return True
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -177,12 +189,14 @@ class HubBackend:
             operations, create_only = self._pending, self._create_only
         finally:
             self._pending = None
-        plain = [op for op in operations if op.path_in_repo not in create_only]
+        # Ref files (create-only entries and the head records that witness them) land last,
+        # in one guarded commit: a lost race leaves no head record naming another's entry.
+        last = [op for op in operations if op.path_in_repo in create_only or op.path_in_repo.startswith(REFS_PREFIX)]
+        plain = [op for op in operations if op not in last]
         for start in range(0, len(plain), COMMIT_FILES):
-            self._commit_once(plain[start : start + COMMIT_FILES], guarded=False)
-        guarded = [op for op in operations if op.path_in_repo in create_only]
-        if guarded:
-            self._commit_once(guarded, guarded=True)
+            self._commit_once(plain[start : start + COMMIT_FILES])
+        if last:
+            self._commit_once(last, frozenset(create_only))
 
     def _add(self, path: str, data: bytes, create_only: bool) -> None:
         operation = CommitOperationAdd(path_in_repo=path, path_or_fileobj=bytes(data))
@@ -192,11 +206,13 @@ class HubBackend:
         with self._lock:
             pending = self._pending
             if pending is not None:
+                # A file written twice in one batch (a ref's head record) is committed once, as last written.
+                pending[:] = [op for op in pending if op.path_in_repo != path]
                 pending.append(operation)
                 if create_only:
                     self._create_only.add(path)
         if pending is None:
-            self._commit_once([operation], guarded=create_only)
+            self._commit_once([operation], frozenset({path}) if create_only else frozenset())
 
     def _head(self) -> str:
         with self._errors():
@@ -205,7 +221,7 @@ class HubBackend:
             raise RemoteError(f"{self.url}: the Hub did not say which commit {self.revision} is at")
         return sha
 
-    def _still_to_do(self, operations: Sequence[Operation], head: str, guarded: bool) -> list[Operation]:
+    def _still_to_do(self, operations: Sequence[Operation], head: str, create_only: frozenset[str]) -> list[Operation]:
         """The operations not already done at `head`; FileExistsError for a create-only path
         that exists there with other bytes."""
         added = [op for op in operations if isinstance(op, CommitOperationAdd)]
@@ -217,19 +233,21 @@ class HubBackend:
                 todo.append(op)
             elif _same_bytes(info, op):
                 continue
-            elif guarded:
+            elif op.path_in_repo in create_only:
                 raise FileExistsError(f"{self.url}/{op.path_in_repo}")
             else:
                 todo.append(op)
         return todo
 
-    def _commit_once(self, operations: Sequence[Operation], guarded: bool) -> None:
-        """Commit `operations`; with `guarded`, only on top of the head they were checked at."""
+    def _commit_once(self, operations: Sequence[Operation], create_only: frozenset[str] = frozenset()) -> None:
+        """Commit `operations`; with `create_only` paths among them, only on top of the head
+        they were checked at (guarded by parent_commit)."""
+        guarded = bool(create_only)
         wait = FIRST_WAIT_SECONDS
         failure: Exception | None = None
         for _ in range(ATTEMPTS):
             head = self._head()
-            operations = self._still_to_do(operations, head, guarded)
+            operations = self._still_to_do(operations, head, create_only)
             if not operations:
                 return
             try:

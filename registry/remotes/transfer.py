@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
 from ..digest import hex_of
-from ..errors import ConflictError, RemoteError
+from ..errors import ConflictError, InputError, IntegrityError, NotFoundError, RemoteError
 from ..manifests import MANIFESTS_DIR, manifest_path
+from ..names import check_ref_name
 from ..objects import OBJECTS_DIR
 from ..progress import Advance, byte_progress
-from ..refs import RefEntry, encode_entry
+from ..refs import History, RefEntry, encode_entry
 from ..store import Store
 from . import closure, history
 
@@ -53,7 +54,7 @@ class TransferResult:
     refs: list[str]
     bytes: int
     present: int
-    moved: list[str] = field(default_factory=list)  # pull: local-only versions renumbered, "name@v2->v3"
+    repaired: list[str] = field(default_factory=list)  # pull: damaged local objects replaced from the remote
     lazy: bool = False  # pull --lazy: objects were left on the remote
 
 
@@ -97,12 +98,22 @@ def push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int,
 
 
 def pull(
-    local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool, lazy: bool = False
+    local: Store,
+    remote: Store,
+    refs: list[str],
+    *,
+    label: str,
+    jobs: int,
+    progress: bool,
+    lazy: bool = False,
+    rename: str | None = None,
 ) -> TransferResult:
     """Fetch `refs` (with their closure) from `remote` into `local`; with `lazy`, everything
-    but the objects (they are fetched when read, see `lazy`)."""
+    but the objects (they are fetched when read, see `lazy`). Objects the local store already
+    has are verified, and replaced from the remote if damaged. `rename`: import the one ref
+    named under this local name (for histories that diverged)."""
     with _failures_named(f"pull from {label}"):
-        return _pull(local, remote, refs, label=label, jobs=jobs, progress=progress, lazy=lazy)
+        return _pull(local, remote, refs, label=label, jobs=jobs, progress=progress, lazy=lazy, rename=rename)
 
 
 def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool) -> TransferResult:
@@ -119,23 +130,67 @@ def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int
 
 
 def _pull(
-    local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool, lazy: bool
+    local: Store,
+    remote: Store,
+    refs: list[str],
+    *,
+    label: str,
+    jobs: int,
+    progress: bool,
+    lazy: bool,
+    rename: str | None,
 ) -> TransferResult:
     need = closure.compute(remote, refs, have=local)
+    if rename is not None:
+        if len(need.histories) != 1:
+            raise InputError("pull --as imports one ref: name exactly one ref NAME")
+        ((name, theirs),) = need.histories.items()
+        need.histories = {check_ref_name(rename): history.renamed(theirs, rename)}
+    ours = {name: local.refs.entries(name) for name in need.histories}
+    appends = {name: history.incoming(name, ours[name], theirs, label) for name, theirs in need.histories.items()}
     with ThreadPoolExecutor(jobs) as pool:
-        objects = [] if lazy else missing(local, OBJECTS_DIR, need.objects, pool)
+        objects, repaired = ([], []) if lazy else _to_fetch(local, need.objects, pool)
         manifests = missing(local, MANIFESTS_DIR, need.manifests, pool)
         received = _copy(remote, local, need, objects, manifests, pool, f"pull {label}", progress)
-    added: list[RefEntry] = []
-    moved: list[str] = []
-    for name, theirs in need.histories.items():
-        plan = history.merge(local.refs.entries(name), theirs)
-        for entry, overwrite in plan.writes:
-            (local.refs.replace if overwrite else local.refs.append)(entry)
-        added += [entry for entry, _ in plan.writes if entry in theirs]
-        moved += [f"{name}@v{old}->v{new}" for old, new in plan.moved]
+    for name, entries in appends.items():
+        live = {entry.version for entry in History(name, ours[name] + entries).live()}
+        for entry in entries:
+            if entry.version in live:
+                local.pin(entry.manifest)  # what the new versions name survives a gc running now
+    added = [local.refs.append(entry) for entries in appends.values() for entry in entries]
     present = 0 if lazy else len(need.objects) - len(objects)
-    return _result(label, need, objects, received, manifests, added, present=present, moved=moved, lazy=lazy)
+    return _result(label, need, objects, received, manifests, added, present=present, repaired=repaired, lazy=lazy)
+
+
+def _to_fetch(local: Store, wanted: dict[str, int], pool: Executor) -> tuple[list[str], list[str]]:
+    """(objects to fetch, of which damaged local copies): the missing ones, and those present
+    whose bytes no longer match their digest. Present ones are marked used (see `gc`)."""
+    absent = missing(local, OBJECTS_DIR, wanted, pool)
+    present = [digest for digest in wanted if digest not in set(absent)]
+    intact = pool.map(_intact_and_freshened(local), present)
+    damaged = [digest for digest, ok in zip(present, intact, strict=True) if not ok]
+    return sorted(absent + damaged), damaged
+
+
+def _intact_and_freshened(store: Store) -> Callable[[str], bool]:
+    def check(digest: str) -> bool:
+        try:
+            store.objects.verify(digest)
+        except (IntegrityError, NotFoundError):
+            return False
+        return store.objects.reuse(digest)
+
+    return check
+
+
+def repair(local: Store, remote: Store, digests: list[str], *, label: str, jobs: int) -> list[str]:
+    """Replace the objects `digests` (missing or damaged locally) from `remote`, each verified
+    as it arrives; return those repaired (the remote may lack some)."""
+    with _failures_named(f"repair from {label}"), ThreadPoolExecutor(jobs) as pool:
+        available = set(digests) - set(missing(remote, OBJECTS_DIR, digests, pool))
+        with local.backend.batch():
+            _run_all(pool, lambda digest: copy_object(remote, local, digest, lambda _n: None), sorted(available))
+    return sorted(available)
 
 
 def _result(
@@ -199,13 +254,15 @@ def _groups(objects: dict[str, int]) -> list[list[str]]:
 
 
 def _run_all(pool: Executor, function: Callable[[T], R], items: list[T]) -> list[R]:
-    """`function` over `items` on the pool; on the first failure the rest are cancelled."""
+    """`function` over `items` on the pool; on the first failure the rest are cancelled and
+    the running ones waited for, so nothing still writes when the error propagates."""
     futures = [pool.submit(function, item) for item in items]
     try:
         return [future.result() for future in futures]
     except BaseException:
         for future in futures:
             future.cancel()
+        wait(futures)
         raise
 
 

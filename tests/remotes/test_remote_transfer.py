@@ -87,12 +87,17 @@ def test_concurrent_pushes_one_wins_the_other_loses_nothing(remote, tiny_folders
     error = next(err for code, _, err in outcomes if code)
     assert error.count("\n") == 1 and "different v2 of shared: pull, then push again" in error, error
 
-    moved = _json(loser("pull", "origin", "shared", "--json"))
-    assert moved["moved"] == ["shared@v2->v3"]
-    loser("push", "origin", "shared")
+    own = Store(loser.store).resolve("shared@v2")
+    refused = loser("pull", "origin", "shared", ok=False)
+    assert refused.exit_code == 1 and "shared@v2 differs here" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "--as NEW" in refused.stderr
+    imported = _json(loser("pull", "origin", "shared", "--as", "shared-origin", "--json"))
+    assert imported["refs"] == ["shared-origin@v1", "shared-origin@v2"]
+    assert Store(loser.store).resolve("shared@v2") == own  # a local version is never rewritten
+    assert {Store(loser.store).resolve("shared-origin@v2"), own} == targets
+    assert loser("fsck").exit_code == 0
     c("pull", "origin", "shared")
-    history = [entry["target"] for entry in _json(c("log", "shared", "--json"))]
-    assert len(history) == 3 and set(history[1:]) == targets
+    assert Store(c.store).resolve("shared@v2") != own
 
 
 def test_a_corrupt_remote_object_is_named_and_never_stored(remote, tiny_folders, tmp_path):
