@@ -278,7 +278,11 @@ class LocalBackend:
                 yield f"{rel}/{name}"
 
     def remove(self, path: str) -> None:
-        self._full(path).unlink(missing_ok=True)
+        """Remove a file, and its folder if that is left empty (a purged ref, a drained shard)."""
+        target = self._full(path)
+        target.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            target.parent.rmdir()
 
     def modified(self, path: str) -> float:
         return self._full(path).stat().st_mtime

@@ -13,8 +13,10 @@ never deletes what they are about to name (dvc#2325, and what git's "freshening"
 - gc removes a file only if it is older than the grace period *after* it has been moved out
   of its name (`Backend.remove_unless_fresh`): a writer that freshened it before the move is
   seen, and one that comes after finds it gone and writes it again.
-On object stores (S3) files cannot be freshened cheaply, so there gc relies on the grace
-period alone: run it when nothing writes to that store.
+The grace period is the slack of this protocol (a writer that stalls longer than it between
+pinning and publishing could lose the race), so `--grace 0` is only for a store nothing
+writes to. On object stores (S3) files cannot be freshened cheaply, so there gc relies on
+the grace period alone: run it when nothing writes to that store.
 
 Removal order keeps every state on the way consistent, so a killed gc leaves nothing that
 fsck calls damaged and the next gc finishes the job: tombstones for `--keep-last` first,
@@ -182,11 +184,12 @@ def collect_garbage(
     live versions of `refs` (default every ref); what they reached is collected once the
     grace period has passed."""
     report = GcReport(dry_run=dry_run)
+    # Taken before the roots are read: a writer that publishes after that read pinned what it
+    # names just before, which is after this moment (give the grace period as slack).
+    cutoff = time.time() - grace_seconds
     histories = _histories(store)
     if keep_last is not None:
         report.thinned = _thin(store, histories, keep_last, refs or [], dry_run)
-    start = time.time()
-    cutoff = start - grace_seconds
     keep_manifests, keep_objects = reachable(store, histories, cutoff)
     backend = store.backend
 

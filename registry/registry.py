@@ -110,6 +110,8 @@ class Registry:
         spec = parse_ref(ref)
         if spec.name is None:
             raise InputError(f"rm takes a ref name (NAME or NAME@vN), not a digest: {ref}")
+        if purge and spec.version is not None:
+            raise InputError(f"--purge removes a whole ref: give {spec.name}, not {ref}")
         versions = None if spec.version is None else [spec.version]
         return self.store.remove(spec.name, versions, purge=purge, message=message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import struct
@@ -100,7 +101,76 @@ def break_into_pickle_only(folder: Path) -> None:
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom(str(marker))))
 
 
+def _config_text(folder: Path, replace: str, by: str) -> None:
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace(replace, by, 1))
+
+
+def break_nan_config(folder: Path) -> None:
+    _config_text(folder, '"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN')
+
+
+def break_surrogate_config(folder: Path) -> None:
+    _config_text(folder, '"model_type": "llama"', '"model_type": "llama", "note": "\\ud800"')
+
+
+def break_deep_config(folder: Path) -> None:
+    _config_text(folder, '"model_type": "llama"', '"model_type": "llama", "deep": ' + "[" * 100000 + "]" * 100000)
+
+
+def break_huge_int_config(folder: Path) -> None:
+    _config_text(folder, '"model_type": "llama"', '"model_type": "llama", "big": ' + "9" * 5000)
+
+
+def break_config_is_a_folder(folder: Path) -> None:
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+
+
+def break_list_dtype(folder: Path) -> None:
+    raw_safetensors(folder / "model.safetensors", {"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}},
+                    b"\0" * 4)  # fmt: skip
+
+
+def break_duplicate_header_key(folder: Path) -> None:
+    header = (
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    )
+    raw_safetensors(folder / "model.safetensors", header, b"\0" * 4)
+
+
+def break_link_outside(folder: Path) -> None:
+    secret = folder.parent / "credentials"
+    secret.write_text("aws_secret_access_key = hunter2")
+    (folder / "notes.txt").symlink_to(secret)
+
+
+def break_fifo(folder: Path) -> None:
+    os.mkfifo(folder / "tokenizer.json")
+
+
+def break_fifo_weights(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+
+
+def break_non_utf8_name(folder: Path) -> None:
+    with open(os.path.join(os.fsencode(folder), b"bad-\xff.txt"), "wb") as out:
+        out.write(b"x")
+
+
 BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "nan-in-config": (break_nan_config, "NaN is not allowed"),
+    "lone-surrogate-in-config": (break_surrogate_config, "surrogates not allowed"),
+    "deep-nesting-in-config": (break_deep_config, "nested too deeply"),
+    "huge-integer-in-config": (break_huge_int_config, "Exceeds the limit"),
+    "config-is-a-folder": (break_config_is_a_folder, "not a regular file"),
+    "list-as-dtype": (break_list_dtype, "unknown or unsupported dtype ['F32']"),
+    "duplicate-header-key": (break_duplicate_header_key, "duplicate key 'a'"),
+    "link-outside-the-folder": (break_link_outside, "links outside the model folder"),
+    "fifo-file": (break_fifo, "not a regular file"),
+    "fifo-weights": (break_fifo_weights, "not a regular file"),
+    "non-utf8-file-name": (break_non_utf8_name, "is not valid UTF-8"),
     "truncated": (break_truncated, "truncated"),
     "header-length": (break_header_length, "runs past the end"),
     "non-json-header": (break_json, "not valid JSON"),

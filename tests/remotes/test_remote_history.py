@@ -39,7 +39,10 @@ def test_pull_never_rewrites_a_local_version() -> None:
 
 def test_a_renamed_history_is_a_valid_hash_chain_under_the_new_name() -> None:
     theirs = renamed(_history("a", "f"), "m-origin")
-    assert [(e.name, e.target) for e in theirs] == [("m-origin", "blake3:" + "a" * 64), ("m-origin", "blake3:" + "f" * 64)]
+    assert [(e.name, e.target) for e in theirs] == [
+        ("m-origin", "blake3:" + "a" * 64),
+        ("m-origin", "blake3:" + "f" * 64),
+    ]
     digests = {e.version: entry_digest(e) for e in theirs}
     assert History("m-origin", theirs, digests).problems() == []
     assert History("m", _history("a", "f"), digests).problems() != []  # the old chain does not fit the new bytes
