@@ -148,8 +148,9 @@ def _link_roots(folder: Path) -> list[Path]:
 
 def regular_file(path: Path, folder: Path | None = None) -> Path:
     """`path`, if it is a regular file or a link to one that stays inside its model folder
-    `folder` (default: the file's own folder; see `_link_roots`); anything else — a link out, a FIFO, a device, a folder — is refused
-    before it is opened (a FIFO would block forever, a link out could leak a secret)."""
+    `folder` (default: the file's own folder; see `_link_roots`). Anything else — a link out,
+    a FIFO, a device, a folder — is refused before it is opened (a FIFO would block forever,
+    a link out could leak a secret)."""
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:
