@@ -280,3 +280,18 @@ def test_unknown_ref_and_bad_names(wb: Cli, tiny_folders) -> None:
     assert "no ref named 'ghost'" in wb("show", "ghost", ok=False).stderr
     assert "invalid ref name" in wb("ingest", tiny_folders("llama"), "--name", "../up", ok=False).stderr
     assert "not a folder" in wb("ingest", "/definitely/missing", "--name", "x", ok=False).stderr
+
+
+def test_links_inside_a_hugging_face_cache_snapshot_are_followed(tiny_folders, wb: Cli, tmp_path: Path) -> None:
+    """`…/models--org--name/snapshots/<rev>/` holds links into `../../blobs/`: ingested as files."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot_dir = repo / "snapshots" / "abc123"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot_dir.mkdir(parents=True)
+    for file in tiny_folders("llama").iterdir():
+        blob = repo / "blobs" / f"sha-{file.name}"
+        shutil.copyfile(file, blob)
+        (snapshot_dir / file.name).symlink_to(os.path.relpath(blob, snapshot_dir))
+    linked = json.loads(wb("ingest", snapshot_dir, "--name", "linked", "--json").stdout)
+    plain = json.loads(wb("ingest", tiny_folders("llama"), "--name", "plain", "--json").stdout)
+    assert linked["digest"] != "" and linked["new_objects"] > 0 and plain["new_objects"] == 0

@@ -115,3 +115,16 @@ def test_an_interrupted_push_resumes_and_sends_nothing_twice(s3_remote, tiny_fol
     resumed = json.loads(wb("push", s3_remote.url, "big", "--json").stdout)
     assert resumed["objects"] == total - len([path for path in before if path.startswith("objects/")])
     assert resumed["refs"] == ["big@v1"] and len(s3_remote.objects()) == total
+
+
+def test_existence_checks_on_s3_see_what_others_wrote_since(s3_remote) -> None:
+    """s3fs remembers listings; a store must not: a writer elsewhere may have added a file."""
+    import boto3
+
+    store = open_remote(s3_remote.url)
+    digest = "blake3:" + "c" * 64
+    assert not store.objects.has(digest) and store.backend.list_dir("objects/cc") == []
+    boto3.client("s3").put_object(Bucket=s3_remote.where, Key=f"banks/objects/cc/{'c' * 64}", Body=b"x")
+    assert store.objects.has(digest) and store.backend.list_dir("objects/cc") == ["c" * 64]
+    boto3.client("s3").delete_object(Bucket=s3_remote.where, Key=f"banks/objects/cc/{'c' * 64}")
+    assert not store.objects.has(digest)
