@@ -56,6 +56,7 @@ def compose(
     if dry_run:
         _print_plan(the_plan.summary(), as_json)
         return
+    _print_warnings(the_plan.warnings)
     start = time.perf_counter()
     if device is None:
         result = write_composition(
@@ -103,6 +104,7 @@ def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float,
     from weightbank.composer import verify_composition
 
     report = verify_composition(spec, against=against, tolerance=tolerance, store=registry(ctx).store)
+    _print_warnings(report.warnings)
     if as_json:
         print_json({**report.__dict__, "ok": report.ok})
     else:
@@ -114,6 +116,11 @@ def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float,
     if not report.ok:
         click.echo(f"error: {spec} differs from its oracle by {report.max_abs_diff:.3g} > {tolerance:g}", err=True)
         sys.exit(1)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _print_plan(summary: dict[str, Any], as_json: bool) -> None:

@@ -102,7 +102,11 @@ def plan_command(ctx: click.Context, ref: str, target_params: str, as_json: bool
 @click.option("--hidden", type=click.IntRange(min=1), help="New hidden size.")
 @click.option("--plan", "plan_index", type=click.IntRange(min=0), help="Apply candidate K of `plan --target-params`.")
 @click.option("--target-params", help="With --plan: the target the candidates were made for.")
-@click.option("--method", help="Construction: depth identity|duplicate, ffn duplicate|zero, hidden zero|duplicate.")
+@click.option(
+    "--method", help="Construction: depth identity|duplicate|solar, ffn duplicate|zero, hidden zero|mean|duplicate."
+)
+@click.option("--placement", help="With --depth: llama-pro (default: after every group of layers) | interior.")
+@click.option("--ffn-factor", type=click.IntRange(min=1), help="With --hidden duplication: FFN growth factor.")
 @click.option("--noise", type=float, help="Symmetry-breaking noise std (opt-in; verify reports the deviation).")
 @click.option("--seed", type=int, help="Seed for noise and neuron choice.")
 @click.option("--lossy", is_flag=True, help="Accept a construction that is not exact (reported by verify).")

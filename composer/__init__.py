@@ -8,7 +8,7 @@ folder / bank (`write`). `verify` compares a composition with its oracle.
 from .analyze import analyze, count_parameters
 from .api import compose, load_tokenizer, plan, save_model, verify_composition, write
 from .expansion import ExpansionResult, expand, ingest_trained
-from .plan import Plan, PlanError
+from .plan import CompositionWarning, Plan, PlanError
 from .planner import Candidate, candidates
 from .verify import VerifyReport
 from .write import ComposeResult
@@ -16,6 +16,7 @@ from .write import ComposeResult
 __all__ = [
     "Candidate",
     "ComposeResult",
+    "CompositionWarning",
     "ExpansionResult",
     "Plan",
     "PlanError",

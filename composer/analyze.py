@@ -57,7 +57,7 @@ def compatibility(config: dict[str, Any]) -> dict[str, dict[str, str]]:
         matrix["expand.depth"] = _entry(
             "lossy",
             "post-LN: every block ends in a LayerNorm of the residual stream, so no block is an identity; "
-            "only SOLAR-style layer duplication (lossy) is available",
+            "only layer copies (method duplicate, or solar: SOLAR's depth up-scaling) are available, lossy",
         )
     else:
         matrix["expand.depth"] = _entry("lossless", "identity blocks: a copied block with its residual writers zeroed")
@@ -98,23 +98,25 @@ def _hidden_support(layout: Layout) -> dict[str, str]:
             "post-LN: the residual stream is renormalised after every block; weightbank grows the hidden size "
             "of pre-norm models only",
         )
-    if family.embedding_scale:
-        return _entry(
-            "unsupported",
-            f"{family.name} scales embeddings by √hidden, and its embeddings are tied to the output head: no "
-            "embedding rescale keeps both the stream and the logits unchanged",
-        )
     if family.norm == "LayerNorm":
+        heads = "" if family.has_kv_heads else " (whole heads: multiples of head_dim)"
         return _entry(
             "lossless",
-            "LayerNorm: integer multiples only, by duplication (HyperCloning); other sizes shift the mean and "
-            "are lossy",
+            f"LayerNorm: any size{heads} by mean padding (stream [x, μ(x)], gains ×√(d/D), eps ×(d/D)), integer "
+            "multiples by duplication (HyperCloning); zero padding shifts the mean (lossy)",
         )
     if layout.has("q_norm"):
         return _entry(
             "lossless",
             "integer multiples by duplication; other sizes need eps rescaled, which the per-head q/k norms share "
             "from the same config key, so zero padding is lossy (≈1e-6)",
+        )
+    if family.embedding_scale:
+        return _entry(
+            "lossless",
+            f"any size: zero-padded stream, gains w′ = √(d/D)·(1 + w) − 1 ({family.name}'s x·(1 + w) norm), "
+            "eps ×(d/D), embeddings ×√(d/D) for the √hidden scale; the tied head is untied and keeps the original "
+            "embedding; or integer multiples by duplication",
         )
     return _entry("lossless", "any size: zero-padded stream with norm gains ×√(d/D) and eps ×(d/D)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from weightbank.registry.store import Store
 from .build import build_model
 from .executor import Executor
 from .hf_model import config_object
-from .plan import Plan, make_plan
+from .plan import CompositionWarning, Plan, make_plan
 from .verify import DEFAULT_TOLERANCE, VerifyReport, verify
 from .write import ComposeResult, write_composition
 
@@ -38,6 +39,14 @@ def plan(spec: Spec, *, dtype: str | None = None, store: str | Path | Store | No
     return make_plan(_store(store), spec, dtype=dtype)
 
 
+def _warned_plan(store: Store, spec: Spec, dtype: str | None) -> Plan:
+    """The plan, with each of its warnings issued as a CompositionWarning."""
+    the_plan = make_plan(store, spec, dtype=dtype)
+    for message in the_plan.warnings:
+        warnings.warn(message, CompositionWarning, stacklevel=3)
+    return the_plan
+
+
 def compose(
     spec: Spec, *, device: str | torch.device = "cpu", dtype: str | None = None, store: str | Path | Store | None = None
 ) -> tuple[PreTrainedModel, Any]:
@@ -52,7 +61,7 @@ def compose(
         >>> model, tokenizer = compose(spec, device="cuda", dtype="bfloat16")  # doctest: +SKIP
     """
     resolved = _store(store)
-    the_plan = make_plan(resolved, spec, dtype=dtype)
+    the_plan = _warned_plan(resolved, spec, dtype)
     model = build_model(the_plan, Executor(resolved, "cpu" if device == "auto" else device), device)
     return model, load_tokenizer(resolved, the_plan)
 
@@ -71,7 +80,7 @@ def write(
     """Stream a composition to a from_pretrained folder (`out_dir`) and/or register it as
     bank `name`, never holding the whole model in memory."""
     resolved = _store(store)
-    the_plan = make_plan(resolved, spec, dtype=dtype)
+    the_plan = _warned_plan(resolved, spec, dtype)
     return write_composition(
         resolved, the_plan, out_dir=out_dir, name=name, message=message, max_shard_size=max_shard_size,
         show_progress=show_progress,

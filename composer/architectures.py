@@ -161,6 +161,14 @@ class Layout:
         which the gains and eps absorb, unless per-head q/k norms share that eps."""
         return self.family.norm == "RMSNorm" and not self.has("q_norm")
 
+    @property
+    def tied_head(self) -> tuple[str, str] | None:
+        """(output head weight, input embedding weight) when the head is tied to the embedding:
+        transformers then builds the head from the embedding, whatever the checkpoint holds."""
+        if not (self.has("lm_head") and self.value("tied")):
+            return None
+        return f"{self.module('lm_head')}.weight", f"{self.module('embed')}.weight"
+
     def module(self, role: str, layer: int | None = None) -> str:
         """Module path of a role; layer roles need the layer index."""
         path = self.family.tensors[role]

@@ -29,6 +29,7 @@ from .tasks import (
     IndexSelect,
     Load,
     LowRankUpdate,
+    Mean,
     Noise,
     Normalize,
     Scale,
@@ -203,6 +204,8 @@ class _Evaluation:
         if isinstance(task, Scale):
             value, owned = self._float(task.src)
             return (value.mul_(task.factor) if owned else value * task.factor), True
+        if isinstance(task, Mean):
+            return self._float(task.src)[0].mean(task.dim, keepdim=True), True
         if isinstance(task, Normalize):
             value, owned = self._float(task.src)
             magnitude, _ = self._float(task.magnitude)

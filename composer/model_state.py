@@ -28,9 +28,12 @@ class PlanProblem(Exception):
 
 
 class BankSource(Protocol):
-    """How an operator reaches banks: resolving a ref records the bank as an input."""
+    """How an operator reaches banks (resolving a ref records the bank as an input), and how
+    it reports what the user must know about a step that is not refused (`warn`)."""
 
     def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank: ...
+
+    def warn(self, message: str) -> None: ...
 
     @property
     def base(self) -> Bank: ...

@@ -21,7 +21,7 @@ from weightbank.registry.safetensors_format import FLOAT_DTYPES
 from weightbank.registry.store import Store
 
 from .dtypes import TARGET_DTYPES, is_floating, target_code
-from .model_state import BankSource, ModelState, PlanProblem, load
+from .model_state import ModelState, PlanProblem, load
 from .operators import OPERATORS
 from .spec import load_spec
 from .tasks import Load, ShapeError, Target, walk
@@ -36,6 +36,11 @@ class PlanError(WeightbankError):
         self.problems = problems
 
 
+class CompositionWarning(UserWarning):
+    """Issued by `compose` / `write` for each plan warning: a composition that is built but
+    departs from what a peer computes (see the message), or carries a tensor the model ignores."""
+
+
 @dataclass
 class Sources:
     """Resolves refs for operators and records every bank used, with its role."""
@@ -44,6 +49,7 @@ class Sources:
     base_bank: Bank
     inputs: dict[str, str] = field(default_factory=dict)  # digest -> role
     resolved: dict[str, str] = field(default_factory=dict)  # ref as written -> digest
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> Bank:
@@ -59,6 +65,9 @@ class Sources:
         self.inputs.setdefault(bank.digest, role)
         self.resolved[ref] = bank.digest
         return bank
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
 
 @dataclass
@@ -138,10 +147,12 @@ def starting_state(base: Bank, expansion: Bank | None, sources: Sources, problem
 
 
 def apply_steps(
-    state: ModelState, steps: list[dict[str, Any]], sources: BankSource, problems: list[str], label: str = "step"
+    state: ModelState, steps: list[dict[str, Any]], sources: Sources, problems: list[str], label: str = "step"
 ) -> ModelState:
-    """Run each step's operator; problems are appended (the failing step is skipped)."""
+    """Run each step's operator; problems are appended (the failing step is skipped), and each
+    warning an operator reports is labelled with its step."""
     for number, step in enumerate(steps, start=1):
+        reported = len(sources.warnings)
         operator = OPERATORS.get(step["op"])
         if operator is None:
             problems.append(
@@ -154,6 +165,7 @@ def apply_steps(
             problems.extend(f"{label} {number} ({step['op']}): {p}" for p in exc.problems)
         except ShapeError as exc:
             problems.append(f"{label} {number} ({step['op']}): {exc}")
+        sources.warnings[reported:] = [f"{label} {number} ({step['op']}): {w}" for w in sources.warnings[reported:]]
     return state
 
 
@@ -191,7 +203,7 @@ def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
     }
     config = {**state.config, "dtype": dtype_name}
     config.pop("torch_dtype", None)
-    warnings: list[str] = []
+    warnings = list(sources.warnings)
     if not problems:
         from .hf_model import check_against_model
 

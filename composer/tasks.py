@@ -5,7 +5,7 @@ expressions are equal values (frozen dataclasses), so a tensor used by several t
 recognised and computed once. Shapes and dtypes are known when a task is built, so every
 shape problem is found at plan time, before a byte is read.
 
-Arithmetic (`Add`, `Scale`, `LowRankUpdate`, `Normalize`) is done in float32; structural tasks
+Arithmetic (`Add`, `Scale`, `Mean`, `LowRankUpdate`, `Normalize`) is done in float32; structural tasks
 (`Slice`, `Concat`, `IndexSelect` without factors) keep their input's dtype.
 """
 
@@ -213,6 +213,27 @@ class Scale(_Arithmetic):
 
     src: Task
     factor: float
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Mean(_Arithmetic):
+    """`src.mean(dim, keepdim=True)`: the mean of every line along `dim` (mean padding)."""
+
+    src: Task
+    dim: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dim < len(self.src.shape):
+            raise ShapeError(f"no dim {self.dim} in {list(self.src.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.src.shape)
+        shape[self.dim] = 1
+        return tuple(shape)
 
     def inputs(self) -> tuple[Task, ...]:
         return (self.src,)

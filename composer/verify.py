@@ -9,7 +9,7 @@ on the CPU; the report is the max-abs difference of their logits (or last hidden
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class VerifyReport:
     tolerance: float
     oracle: str
     inputs: list[int]
+    warnings: list[str] = field(default_factory=list)  # the plan's: where the composition departs from a peer
 
     @property
     def ok(self) -> bool:
@@ -69,7 +70,7 @@ def verify(
         description = f"from_pretrained({against})" if against else _describe(plan.steps)
         tokens = fixed_inputs(min(oracle.config.vocab_size, composed.config.vocab_size))
         diff = (outputs_of(composed, tokens) - outputs_of(oracle, tokens)).abs().max().item()
-    return VerifyReport(diff, tolerance, description, list(tokens.shape))
+    return VerifyReport(diff, tolerance, description, list(tokens.shape), plan.warnings)
 
 
 def _describe(steps: list[dict[str, Any]]) -> str:

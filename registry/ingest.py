@@ -27,7 +27,7 @@ from .json_input import parse_json_object
 from .manifests import validate_manifest
 from .names import check_ref_name, check_relative_path
 from .objects import PutResult
-from .peft_adapter import check_fits_base, check_lora_config
+from .peft_adapter import check_fits_base, check_lora_config, with_tied_head
 from .progress import byte_progress
 from .provenance import new_activity
 from .safetensors_format import SafetensorsHeader, TensorEntry, read_header
@@ -334,7 +334,7 @@ def _adapter_base(store: Store, base: str | None, scan: FolderScan) -> Bank:
     bank = store.bank(base)
     if bank.type != "base":
         raise InputError(f"--base {base} is a {bank.type} bank; adapters are checked against a base bank")
-    base_shapes = {name: record.shape for name, record in bank.tensors.items()}
+    base_shapes = with_tied_head({name: record.shape for name, record in bank.tensors.items()}, bank.config or {})
     check_fits_base(scan.shapes(), base_shapes, scan.config, f"base {base}")
     return bank
 

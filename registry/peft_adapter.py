@@ -4,8 +4,12 @@ Saved keys are `base_model.model.<module path>.<part>`, the adapter name strippe
 - `lora_A.weight` (r, in), `lora_B.weight` (out, r), `lora_B.bias` (out,) with `lora_bias`;
 - `lora_embedding_A` (r, num_embeddings), `lora_embedding_B` (embedding_dim, r);
 - `lora_magnitude_vector` (out,) with DoRA;
-- `<module>.base_layer.<param>` and plain `<path>`: whole tensors that replace the base's
-  (`modules_to_save`, saved embedding layers).
+- `<module>.base_layer.<param>`: the base layer's own tensor, saved with embedding layers
+  (on a tied model it is the tensor the embedding and the head share);
+- plain `<path>`: a `modules_to_save` copy, the module's own trained tensor (PEFT gives the
+  module its own copy, so on a tied model it unties that module from its partner).
+A base with `tie_word_embeddings` stores no `lm_head.weight`: transformers builds the output
+head from the input embedding, so an adapter on `lm_head` adapts that tensor.
 GPT-2's Conv1D stores weights as (in, out): PEFT marks those adapters `fan_in_fan_out`.
 """
 
@@ -18,6 +22,7 @@ from typing import Any
 from .errors import InputError
 
 KEY_PREFIX = "base_model.model."
+OUTPUT_HEAD = "lm_head.weight"  # transformers' name for every causal LM's output embedding
 LORA_PARTS = {
     "lora_A.weight": "lora_A",
     "lora_B.weight": "lora_B",
@@ -35,12 +40,13 @@ class AdapterKey:
 
     key: str
     module: str
-    part: str  # lora_A, lora_B, lora_B_bias, lora_embedding_A, lora_embedding_B, magnitude, replace
+    part: str  # lora_A, lora_B, lora_B_bias, lora_embedding_A, lora_embedding_B, magnitude, base_layer, replace
     target: str  # the base tensor it applies to
 
 
 def classify_key(key: str) -> AdapterKey:
-    """Parse one key of an adapter_model.safetensors."""
+    """Parse one key of an adapter_model.safetensors. `replace` and `base_layer` parts are
+    whole tensors; the others are LoRA parts of `module`."""
     if not key.startswith(KEY_PREFIX):
         raise InputError(f"adapter tensor {key!r} does not start with {KEY_PREFIX!r}: not a PEFT adapter key")
     path = key[len(KEY_PREFIX) :]
@@ -50,7 +56,7 @@ def classify_key(key: str) -> AdapterKey:
             return AdapterKey(key, module, part, f"{module}.weight")
     if ".base_layer." in path:
         module, _, param = path.rpartition(".base_layer.")
-        return AdapterKey(key, module, "replace", f"{module}.{param}")
+        return AdapterKey(key, module, "base_layer", f"{module}.{param}")
     module = path.rpartition(".")[0]
     return AdapterKey(key, module, "replace", path)
 
@@ -62,6 +68,18 @@ def check_lora_config(peft_config: Mapping[str, Any], source: str) -> None:
         raise InputError(f"{source}: peft_type {peft_type!r} is not supported; adapter banks hold LoRA adapters")
     if not isinstance(peft_config.get("r"), int) or peft_config["r"] < 1:
         raise InputError(f"{source}: adapter_config.json has no valid rank 'r'")
+
+
+def with_tied_head(base: Mapping[str, tuple[int, ...]], config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The base's tensor shapes plus, for a base with tied embeddings, the output head it does
+    not store: `lm_head.weight` is then the input embedding (the one 2-D shape with vocab_size
+    rows), which adapters on `lm_head` and `ensure_weight_tying` adapters address."""
+    shapes = dict(base)
+    if config.get("tie_word_embeddings") and OUTPUT_HEAD not in shapes:
+        embeddings = {s for s in shapes.values() if len(s) == 2 and s[0] == config.get("vocab_size")}
+        if len(embeddings) == 1:
+            shapes[OUTPUT_HEAD] = embeddings.pop()
+    return shapes
 
 
 def check_fits_base(
@@ -81,7 +99,7 @@ def check_fits_base(
         info = classify_key(key)
         if info.target not in base:
             problems.append(f"{info.key} needs {info.target}, which {base_label} does not have")
-        elif info.part == "replace":
+        elif info.part in ("replace", "base_layer"):
             if tuple(base[info.target]) != tuple(shape):
                 problems.append(f"{info.key} has shape {list(shape)} but {info.target} is {list(base[info.target])}")
         else:

@@ -49,7 +49,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -
 
 def make_lora(base_folder: Path, out: Path, seed: int = 0, **config: object) -> Path:
     """A real PEFT LoRA adapter for the model in `base_folder`, with random (non-zero) factors;
-    DoRA magnitudes are perturbed too so that the fold is not the identity."""
+    DoRA magnitudes, lora_B biases and `modules_to_save` copies are perturbed too, so that
+    none of them equals what it starts from."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -59,7 +60,11 @@ def make_lora(base_folder: Path, out: Path, seed: int = 0, **config: object) -> 
     peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **config))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "lora_magnitude_vector" in name or ("lora_B" in name and name.endswith("bias")):
+            if (
+                "lora_magnitude_vector" in name
+                or ("lora_B" in name and name.endswith("bias"))
+                or "modules_to_save" in name
+            ):
                 param.mul_(1 + 0.2 * torch.rand_like(param)).add_(0.01)
     peft_model.save_pretrained(out)
     return out

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModel, AutoModelForCausalLM
 
 from weightbank.composer import analyze, candidates, compose, count_parameters, expand, ingest_trained
-from weightbank.composer.tiny_models import FAMILIES, make_tiny_model
+from weightbank.composer.tiny_models import FAMILIES, make_config, make_tiny_model
 from weightbank.registry import Registry
 
 from helpers import Cli, make_lora, snapshot
@@ -30,13 +30,20 @@ SUPPORTED = {
     "kv-split": {"op": "expand.heads", "kv_heads": 4},
     "hidden-zero": {"op": "expand.hidden", "size": 96},
     "hidden-duplicate": {"op": "expand.hidden", "size": 128, "method": "duplicate", "noise": 0.01},
+    # HyperCloning's options: an FFN factor of its own, the KV heads kept (group-major query order)
+    "hidden-keep-kv": {"op": "expand.hidden", "size": 192, "method": "duplicate", "kv_heads": "keep", "ffn_factor": 1},
+    "hidden-mean": {"op": "expand.hidden", "size": 80, "method": "mean", "noise": 0.01},
 }
 UNSUPPORTED = {
     "gpt2": {"heads", "kv-split", "hidden-zero"},
-    "gemma": {"heads", "hidden-zero", "hidden-duplicate"},
+    "gemma": {"heads"},
     "qwen3": {"hidden-zero"},
 }
-CASES = [(f, s) for f in FAMILIES for s in SUPPORTED if s not in UNSUPPORTED.get(f, set())]
+ONLY = {"hidden-mean": {"gpt2"}, "hidden-keep-kv": {"qwen2", "gemma"}}  # LayerNorm; GQA with q bias, MQA
+CASES = [
+    (f, s) for f in FAMILIES for s in SUPPORTED if s not in UNSUPPORTED.get(f, set()) and f in ONLY.get(s, {f})
+] + [("gpt2", "gpt2-ffn-factor")]
+SUPPORTED["gpt2-ffn-factor"] = {"op": "expand.hidden", "size": 128, "ffn_factor": 3}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +79,13 @@ def test_growth_is_exact_and_loads(family: str, case: str, family_stores, tmp_pa
         assert config.num_hidden_layers == step["layers"]
     if "heads" in step:
         assert (config.num_attention_heads, config.head_dim) == (step["heads"], 16)
+    source = make_config(family)
+    if "kv_heads" in step and step["op"] == "expand.hidden":
+        assert config.num_key_value_heads == source.num_key_value_heads
+    if "ffn_factor" in step:
+        assert (
+            analyze(config.to_dict())["intermediate"] == analyze(source.to_dict())["intermediate"] * step["ffn_factor"]
+        )
     assert grown.num_parameters() == count_parameters(config.to_dict())
 
     out = tmp_path / "out"
@@ -181,12 +195,35 @@ def test_cli_expand_verify_and_trained_ingest(tiny_folders, wb: Cli, tmp_path: P
 
 
 @pytest.mark.parametrize(
+    ("family", "options", "expected"),
+    [
+        ("gemma", ["--hidden", "96"], {"hidden": 96, "kv_heads": 1, "tied_embeddings": False}),
+        ("gemma", ["--hidden", "128", "--method", "duplicate", "--ffn-factor", "1"], {"intermediate": 128}),
+        ("gpt2", ["--hidden", "80", "--method", "mean"], {"heads": 5, "tied_embeddings": True}),
+    ],
+)
+def test_cli_gemma_and_layernorm_widening_verify(family, options, expected, tiny_folders, wb: Cli) -> None:
+    wb("ingest", tiny_folders(family), "--name", "m")
+    wb("expand", "m", "--name", "wide", *options)
+    report = json.loads(wb("verify", "wide", "--json").stdout)
+    assert report["ok"] and report["max_abs_diff"] <= 1e-5 and report["warnings"] == []
+    analysis = json.loads(wb("analyze", "wide", "--json").stdout)
+    assert {key: analysis[key] for key in expected} == expected
+    assert analysis["operators"]["expand.hidden"]["support"] == "lossless"
+
+
+@pytest.mark.parametrize(
     ("family", "option", "reason"),
     [
         ("gemma", ["--heads", "8"], "MQA model"),
         ("gpt2", ["--hidden", "96"], "duplication needs a multiple of 64"),
         ("gpt2", ["--heads", "8"], "derives head_dim = hidden / heads"),
-        ("gemma", ["--hidden", "128"], "scales embeddings by √hidden"),
+        ("gpt2", ["--hidden", "72", "--method", "mean"], "must be a multiple of 16"),
+        ("llama", ["--hidden", "96", "--method", "mean"], "exact for LayerNorm only"),
+        ("llama", ["--hidden", "96", "--ffn-factor", "2"], "ffn_factor apply to method duplicate"),
+        ("llama", ["--depth", "5", "--method", "solar", "--lossy"], "at most 4"),
+        ("llama", ["--depth", "3", "--method", "solar"], "set lossy: true"),
+        ("llama", ["--depth", "3", "--placement", "middle"], "placement must be one of llama-pro, interior"),
         ("qwen3", ["--hidden", "96", "--method", "zero"], "per-head q/k norms share rms_norm_eps"),
     ],
 )
@@ -226,9 +263,54 @@ def test_lossy_requests_are_measured(family_stores) -> None:
     # eps is not rescaled: the error is ≈ eps·(D/d − 1)/(2·ms(x)) relative, which the tiny random
     # model's small activations (ms ≈ 4e-4) make visible; measured, not claimed exact.
     assert 0 < report.max_abs_diff < 1e-2
-    solar = {"mes_version": "1", "base": "base", "steps": [{"op": "expand.depth", "layers": 3, "method": "duplicate",
-                                                            "lossy": True}]}  # fmt: skip
-    assert verify_composition(solar, store=registry.store).max_abs_diff > 1e-3
+    copies = {"mes_version": "1", "base": "base", "steps": [{"op": "expand.depth", "layers": 3, "method": "duplicate",
+                                                             "lossy": True}]}  # fmt: skip
+    assert verify_composition(copies, store=registry.store).max_abs_diff > 1e-3
+    # GPT-2 zero padding (LayerNorm: the mean shifts) builds, grows whole heads, and is measured.
+    gpt2 = {"mes_version": "1", "base": "base", "steps": [{"op": "expand.hidden", "size": 96, "method": "zero",
+                                                           "lossy": True}]}  # fmt: skip
+    report = verify_composition(gpt2, store=family_stores["gpt2"].store)
+    assert 1e-5 < report.max_abs_diff < 1.0 and not report.ok
+
+
+def test_depth_default_places_blocks_as_llama_pro(family_stores) -> None:
+    """LLaMA-Pro's block_expansion.py: split = L // k; a block after layer i when (i + 1) % split == 0."""
+    from weightbank.composer.operators.depth import insertion_points
+
+    for layers, added in [(32, 8), (32, 4), (4, 4), (24, 6), (2, 1)]:
+        split = layers // added
+        llama_pro = [i for i in range(layers) if (i + 1) % split == 0]
+        assert insertion_points(layers, {"layers": layers + added}) == llama_pro
+    assert insertion_points(32, {"layers": 40})[-1] == 31  # the last group is followed too
+    assert insertion_points(32, {"layers": 40, "placement": "interior"}) == [3, 7, 11, 15, 19, 23, 27, 30]
+    assert insertion_points(4, {"layers": 7}) == [1, 2, 3]  # uneven groups: larger first
+
+    spec = {"mes_version": "1", "base": "base", "steps": [{"op": "expand.depth", "layers": 4}]}
+    grown, _ = compose(spec, store=family_stores["llama"].store)
+    zero = [not layer.self_attn.o_proj.weight.any().item() for layer in grown.model.layers]
+    assert zero == [False, True, False, True]  # 2 → 4: one block after every layer, the last included
+
+
+def test_solar_depth_up_scaling_concatenates_two_slices(tiny_folders, tmp_path: Path) -> None:
+    """SOLAR's order (layers 0…⌈N/2⌉−1, then the last ⌊N/2⌋) against the original model with its
+    layer list rebuilt in that order."""
+    import copy
+
+    folder = tiny_folders("llama", num_hidden_layers=4)
+    registry = Registry(tmp_path / "store")
+    registry.ingest(folder, "base")
+    spec = {"mes_version": "1", "base": "base", "steps": [{"op": "expand.depth", "layers": 6, "method": "solar",
+                                                           "lossy": True}]}  # fmt: skip
+    grown, _ = compose(spec, store=registry.store)
+    reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+    layers = [copy.deepcopy(reference.model.layers[i]) for i in (0, 1, 2, 1, 2, 3)]
+    for index, layer in enumerate(layers):
+        layer.self_attn.layer_idx = index
+    reference.model.layers = torch.nn.ModuleList(layers)
+    reference.config.num_hidden_layers = 6
+    with torch.no_grad():
+        assert torch.equal(grown(TOKENS).logits, reference(TOKENS).logits)
+        assert (grown(TOKENS).logits - AutoModelForCausalLM.from_pretrained(folder)(TOKENS).logits).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -8,6 +8,7 @@
         - {bank: math@v1, weight: 0.7}
         - {bank: code@v1, weight: 0.3}
       check_base: true          # refuse adapters recorded against another base (default)
+      untie: false              # tied embedding/head: keep each module's own weight (see below)
 
 Per adapted module (PEFT semantics): scale = lora_alpha / r, or lora_alpha / √r with rsLoRA,
 alpha and r looked up in `alpha_pattern` / `rank_pattern` the way PEFT matches them;
@@ -18,6 +19,12 @@ base layers replace the tensor. Several adapters in one step give the exact sum 
 weighted deltas — what PEFT's `add_weighted_adapter(combination_type="cat")` merges. PEFT's
 `linear` combination averages the A and B factors separately, which adds cross terms
 (B₁A₂…), so it is not the sum of the adapters and is not offered.
+
+Tied embeddings (`composer/tied_head.py`): a `modules_to_save` copy of the embedding or the
+head unties the pair, the partner keeping the original weight (PEFT's semantics). A LoRA on a
+tied embedding or head, merged, moves both — PEFT's merge, which differs from the adapter as
+trained; the step warns, and `untie: true` keeps each module's own weight instead (exactly the
+unmerged adapter). `ensure_weight_tying` adapters share one delta, added once.
 """
 
 from __future__ import annotations
@@ -25,17 +32,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from transformers import PreTrainedModel
 
-from weightbank.registry.banks import Bank
+from weightbank.registry.banks import Bank, TensorRecord
 from weightbank.registry.errors import InputError
 from weightbank.registry.peft_adapter import classify_key
 
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters, load
 from ..oracle import OracleContext
 from ..tasks import Add, LowRankTerm, LowRankUpdate, Normalize, Scale, ShapeError, Task
+from ..tied_head import TiedPair, tied_pair
 
 NAME = "adapter.lora"
 
@@ -60,13 +68,21 @@ _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
 
 def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelState:
     """Plan the merge of one or more adapters into `state`."""
-    check_parameters(step, {"bank", "weight", "adapters", "check_base"})
+    check_parameters(step, {"bank", "weight", "adapters", "check_base", "untie"})
     adapters = _adapter_list(step)
     check_base = step.get("check_base", True)
+    untie = step.get("untie", False)
+    if not isinstance(untie, bool):
+        raise PlanProblem(f"untie must be true or false, got {untie!r}")
     if len(adapters) > 1 and any(_is_dora(source.bank(ref, "adapter", "adapter")) for ref, _ in adapters):
         raise PlanProblem("DoRA adapters cannot be summed with others in one step; give each its own step")
+    pair = tied_pair(state)
+    if untie and pair is None:
+        raise PlanProblem("untie: true, but the model's output head is not tied to its input embedding")
 
     tensors = dict(state.tensors)
+    if pair is not None:
+        tensors[pair.head] = pair.shared  # the head is the embedding until an adapter says otherwise
     deltas: dict[str, list[LowRankTerm]] = {}
     problems: list[str] = []
     replaced: dict[str, str] = {}
@@ -80,7 +96,12 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
         except PlanProblem as exc:
             problems.extend(exc.problems)
             continue
-        for target, record in replacements.items():
+        try:
+            keeps_tied = pair is not None and _keeps_tied(pair, bank, modules, replacements)
+        except PlanProblem as exc:
+            problems.extend(f"{ref}: {p}" for p in exc.problems)
+            continue
+        for target, (record, shared) in replacements.items():
             if target not in tensors:
                 problems.append(f"{ref}: replaces {target}, which the model does not have")
             elif tensors[target].shape != record.shape:
@@ -88,18 +109,99 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
                 problems.append(f"{ref}: replacement {target} is {list(record.shape)}, the model has {have}")
             elif target in replaced and replaced[target] != ref:
                 problems.append(f"{target} is replaced by both {replaced[target]} and {ref}")
+            elif pair is not None and target in pair.names:
+                shared = shared or keeps_tied
+                partner = pair.head if target == pair.embed else pair.embed
+                if shared and replaced.get(partner) == ref and tensors[partner] != load(record):
+                    problems.append(f"{ref}: saves different tensors for the tied {pair.embed} and {pair.head}")
+                _replace_tied(pair, tensors, target, load(record), shared)
+                replaced.update(dict.fromkeys(pair.names if shared else (target,), ref))
             else:
                 tensors[target], replaced[target] = load(record), ref
+        embed_terms = len(deltas.get(pair.embed, [])) if pair is not None else 0
         for module, parts in modules.items():
             try:
-                _plan_module(tensors, deltas, module, parts, bank, weight)
+                _plan_module(tensors, deltas, module, parts, bank, weight, pair)
             except (PlanProblem, ShapeError) as exc:
                 problems.extend(f"{ref}: {module}: {p}" for p in getattr(exc, "problems", [str(exc)]))
+        if pair is not None and keeps_tied and len(deltas.get(pair.embed, [])) > embed_terms:
+            pair.mirrored.append(deltas[pair.embed].pop())
     if problems:
         raise PlanProblem(*problems)
+    config = state.config
+    if pair is not None:
+        for name in pair.names:
+            pair.terms[name] = deltas.pop(name, [])
+        config = _resolve_tie(state, pair, tensors, untie, source)
     for name, terms in deltas.items():
         tensors[name] = LowRankUpdate(tensors[name], tuple(terms))
-    return ModelState(state.config, tensors)
+    return ModelState(config, tensors)
+
+
+def _replace_tied(pair: TiedPair, tensors: dict[str, Task], target: str, task: Task, shared: bool) -> None:
+    """A replacement of the embedding or the head: of the shared tensor (a saved base layer, or
+    an ensure_weight_tying copy), or of that module's own copy (modules_to_save unties it)."""
+    if shared:
+        pair.shared = tensors[pair.embed] = tensors[pair.head] = task
+    else:
+        pair.own[target] = tensors[target] = task
+
+
+def _module(weight: str) -> str:
+    return weight.removesuffix(".weight")
+
+
+def _keeps_tied(pair: TiedPair, bank: Bank, modules: dict[str, dict[str, Any]], replacements: dict[str, Any]) -> bool:
+    """Whether an ensure_weight_tying adapter kept the pair tied. PEFT ties only the modules it
+    knows as embeddings, and then saves copies of both modules or LoRA factors on both, the
+    head's being the embedding's transposed; that mirrored LoRA is dropped from `modules`
+    (its delta is the embedding's)."""
+    config = bank.peft_config or {}
+    head, embed = _module(pair.head), _module(pair.embed)
+    if not config.get("ensure_weight_tying"):
+        return False
+    if head not in modules or embed not in modules:
+        return pair.head in replacements and pair.embed in replacements
+    head_parts, embed_parts = modules[head], modules[embed]
+    mirror = {"lora_A": "lora_embedding_B", "lora_B": "lora_embedding_A"}
+    if any(
+        part not in head_parts or other not in embed_parts or head_parts[part].shape != embed_parts[other].shape[::-1]
+        for part, other in mirror.items()
+    ) or _scale(config, head, head_parts["lora_A"].shape[0]) != _scale(
+        config, embed, embed_parts["lora_embedding_A"].shape[0]
+    ):
+        raise PlanProblem(f"ensure_weight_tying is set but the LoRA on {head} does not mirror the one on {embed}")
+    del modules[head]
+    return True
+
+
+def _resolve_tie(
+    state: ModelState, pair: TiedPair, tensors: dict[str, Task], untie: bool, source: BankSource
+) -> dict[str, Any]:
+    """Put the pair's tensors in place and return the config: as PEFT's merge computes them,
+    or (untie) as the unmerged adapter does; untied whenever the two tensors differ."""
+    moved = pair.moved_by_merge()
+    if moved and not untie:
+        movers = " and ".join(_module(name) for name in pair.names if pair.terms[name])
+        source.warn(
+            f"{_module(pair.embed)} and {_module(pair.head)} are tied: merging the LoRA on {movers} into the weight "
+            f"they share also changes {' and '.join(map(_module, moved))}, so the merged model differs from the "
+            "adapter as trained (unmerged), as PEFT's merge_and_unload does; set untie: true to keep each module's "
+            "own weight, which matches the unmerged adapter exactly"
+        )
+    if pair.mirrored:
+        source.warn(
+            f"ensure_weight_tying: {_module(pair.head)} shares the LoRA of {_module(pair.embed)}; it is added once, "
+            "the function the adapter was trained with (where PEFT re-ties them on loading, its merge_and_unload adds "
+            "it once per module, i.e. twice)"
+        )
+    result = pair.trained() if untie else pair.merged()
+    tensors.update(result)
+    if not untie and result[pair.embed] == result[pair.head]:
+        if pair.head not in state.tensors:
+            del tensors[pair.head]
+        return state.config
+    return {**state.config, pair.tie_key: False}
 
 
 def _adapter_list(step: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -149,14 +251,15 @@ def _check_base(bank: Bank, ref: str, base: Bank) -> None:
         )
 
 
-def _group(bank: Bank) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """LoRA parts by module, and whole-tensor replacements by target name."""
+def _group(bank: Bank) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[TensorRecord, bool]]]:
+    """LoRA parts by module, and whole-tensor replacements by target name (with whether the
+    replacement is a base layer's tensor, shared by tied modules)."""
     modules: dict[str, dict[str, Any]] = {}
     replacements = {}
     for key, record in bank.tensors.items():
         info = classify_key(key)
-        if info.part == "replace":
-            replacements[info.target] = record
+        if info.part in ("replace", "base_layer"):
+            replacements[info.target] = (record, info.part == "base_layer")
         else:
             modules.setdefault(info.module, {})[info.part] = record
     return modules, replacements
@@ -170,6 +273,12 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
     return default
 
 
+def _scale(config: Mapping[str, Any], module: str, rank: int) -> float:
+    """PEFT's scaling: lora_alpha / r, or lora_alpha / √r with rsLoRA (alpha by pattern)."""
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    return float(alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank)
+
+
 def _plan_module(
     tensors: dict[str, Task],
     deltas: dict[str, list[LowRankTerm]],
@@ -177,6 +286,7 @@ def _plan_module(
     parts: dict[str, Any],
     bank: Bank,
     weight: float,
+    pair: TiedPair | None,
 ) -> None:
     config = bank.peft_config or {}
     embedding = "lora_embedding_A" in parts
@@ -188,9 +298,7 @@ def _plan_module(
     expected_rank = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
     if expected_rank != rank:
         raise PlanProblem(f"lora_A has rank {rank} but the adapter config says r={expected_rank}")
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
-    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    factor = weight * scale
+    factor = weight * _scale(config, module, rank)
     weight_name = f"{module}.weight"
     if weight_name not in tensors:
         raise PlanProblem(f"the model has no {weight_name}")
@@ -202,6 +310,8 @@ def _plan_module(
     if term.shape != current.shape:
         raise PlanProblem(f"ΔW is {list(term.shape)} but {weight_name} is {list(current.shape)}")
     if "magnitude" in parts:
+        if pair is not None and weight_name in pair.names:
+            raise PlanProblem("DoRA on a tied embedding or head is not supported")
         out_axis = 1 if transposed else 0
         tensors[weight_name] = Normalize(LowRankUpdate(current, (term,)), load(parts["magnitude"]), out_axis)
     else:
@@ -214,10 +324,12 @@ def _plan_module(
 
 
 def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext) -> PreTrainedModel:
-    """PEFT's own merge: every adapter loaded, its weight set as its scale (`set_scale`, which
-    respects rsLoRA), then `merge_and_unload` of them all. (PEFT's `add_weighted_adapter`
-    with `cat` computes the same sum, except that its combined adapter inherits `use_rslora`
-    with lora_alpha = r and so is scaled by √r more; set_scale has no such quirk.)"""
+    """PEFT's own model: every adapter loaded, its weight set as its scale (`set_scale`, which
+    respects rsLoRA); then `merge_and_unload` of them all — except where the step keeps the
+    adapter's unmerged function (`untie: true`, ensure_weight_tying adapters on a tied model),
+    whose reference is PEFT's unmerged forward. (PEFT's `add_weighted_adapter` with `cat`
+    computes the same sum, except that its combined adapter inherits `use_rslora` with
+    lora_alpha = r and so is scaled by √r more; set_scale has no such quirk.)"""
     try:
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
@@ -233,4 +345,18 @@ def oracle(model: PreTrainedModel, step: dict[str, Any], context: OracleContext)
             for name, (_, weight) in zip(names, adapters, strict=True):
                 if name in module.scaling:
                     module.set_scale(name, weight)
+    if step.get("untie") or _ties_head_lora(peft_model):
+        cast(Any, peft_model.base_model).set_adapter(names)
+        return cast(PreTrainedModel, peft_model.eval())
     return peft_model.merge_and_unload(adapter_names=names)
+
+
+def _ties_head_lora(peft_model: Any) -> bool:
+    """Whether PEFT loaded an ensure_weight_tying adapter with the head's LoRA factors tied to
+    the embedding's (shared storage): the composition then keeps the unmerged function."""
+    head, embedding = peft_model.get_output_embeddings(), peft_model.get_input_embeddings()
+    factors = getattr(embedding, "lora_embedding_B", {})
+    return any(
+        name in getattr(head, "lora_A", {}) and head.lora_A[name].weight.data_ptr() == factors[name].data_ptr()
+        for name in factors
+    )
