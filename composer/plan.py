@@ -16,7 +16,7 @@ from typing import Any
 
 from weightbank.registry.banks import Bank, FileRecord
 from weightbank.registry.checkpoints import MODEL_CONFIG
-from weightbank.registry.errors import WeightbankError
+from weightbank.registry.errors import WeightbankError, WeightbankWarning
 from weightbank.registry.safetensors_format import FLOAT_DTYPES
 from weightbank.registry.store import Store
 
@@ -36,7 +36,7 @@ class PlanError(WeightbankError):
         self.problems = problems
 
 
-class CompositionWarning(UserWarning):
+class CompositionWarning(WeightbankWarning):
     """Issued by `compose` / `write` for each plan warning: a composition that is built but
     departs from what a peer computes (see the message), or carries a tensor the model ignores."""
 
