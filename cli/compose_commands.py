@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from .context import json_option, registry
+from .arguments import spec_argument
+from .context import json_option, progress_enabled, registry
 from .output import human_bytes, print_json
 
 
@@ -23,7 +24,7 @@ from .output import human_bytes, print_json
 )
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Target dtype.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor.")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size for --out.")
+@click.option("--max-shard-size", help="Shard size for --out [default: save_pretrained's, 50GB in transformers 5].")
 @click.option("-m", "--message", default="", help="A note for the log (with --name).")
 @json_option
 @click.pass_context
@@ -35,24 +36,29 @@ def compose(
     device: str | None,
     dtype: str | None,
     dry_run: bool,
-    max_shard_size: str,
+    max_shard_size: str | None,
     message: str,
     as_json: bool,
 ) -> None:
-    """Compose a model from SPEC (a composition manifest, JSON or YAML, or a bank ref)."""
+    """Compose a model from SPEC (a composition manifest, JSON or YAML, `-` for stdin, or a bank ref)."""
     from weightbank.composer import plan, save_model
-    from weightbank.composer.build import build_model
+    from weightbank.composer.build import build_model, resolve_device
     from weightbank.composer.executor import Executor
     from weightbank.composer.write import write_composition
+    from weightbank.registry.digest import short
     from weightbank.registry.errors import InputError
+    from weightbank.registry.naming import plural
 
-    reg = registry(ctx)
-    store = reg.store
     if not (dry_run or out_dir or name or device):
         raise InputError("nothing to do: give --out DIR, --name NEW, --device DEVICE or --dry-run")
     if device is not None and name is not None:
         raise InputError("--name streams the composition into the store on the CPU; drop --device")
-    the_plan = plan(spec, dtype=dtype, store=store)
+    if device is not None:
+        resolve_device(device)  # refused before anything is planned
+    composition = spec_argument(ctx, spec)
+    reg = registry(ctx)
+    store = reg.store
+    the_plan = plan(composition, dtype=dtype, store=store)
     if dry_run:
         _print_plan(the_plan.summary(), as_json)
         return
@@ -68,8 +74,8 @@ def compose(
             return
         where = [f"wrote {result.out_dir}"] if result.out_dir else []
         if result.name:
-            where.append(f"registered {result.name}@v{result.version} {result.digest}")
-        click.echo(f"{' and '.join(where)} — {result.tensors} tensors, {human_bytes(result.bytes)}")
+            where.append(f"registered {result.name}@v{result.version} {short(result.digest)}")
+        click.echo(f"{' and '.join(where)} — {plural(result.tensors, 'tensor')}, {human_bytes(result.bytes)}")
         return
     model = build_model(the_plan, Executor(store), device)
     seconds = time.perf_counter() - start
@@ -95,26 +101,31 @@ def compose(
 
 @click.command()
 @click.argument("spec")
-@click.option("--against", metavar="REF", help="Compare with this bank instead of the composition's own oracle.")
+@click.option("--against", metavar="REF", help="Compare with this bank, composing at its dtype, instead of the oracle.")
 @click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Largest max-abs difference accepted.")
 @json_option
 @click.pass_context
 def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float, as_json: bool) -> None:
-    """Run the composed model against its oracle on fixed inputs; exit 1 over tolerance."""
+    """Run the composed model against its oracle (or a bank) on fixed inputs; exit 1 over tolerance."""
     from weightbank.composer import verify_composition
 
-    report = verify_composition(spec, against=against, tolerance=tolerance, store=registry(ctx).store)
+    composition = spec_argument(ctx, spec)
+    store = registry(ctx).store
+    report = verify_composition(
+        composition, against=against, tolerance=tolerance, store=store, show_progress=progress_enabled(ctx)
+    )
     _print_warnings(report.warnings)
     if as_json:
         print_json({**report.__dict__, "ok": report.ok})
     else:
         verdict = "ok" if report.ok else "FAIL"
         click.echo(
-            f"{verdict}: max-abs difference {report.max_abs_diff:.3g} vs {report.oracle} "
-            f"(tolerance {report.tolerance:g}, inputs {report.inputs[0]}x{report.inputs[1]} tokens)"
+            f"{verdict}: max-abs difference {report.max_abs_diff:.3g} vs {report.oracle} ({report.precision}; "
+            f"tolerance {report.tolerance:g}, inputs {report.inputs[0]}x{report.inputs[1]} tokens)"
         )
     if not report.ok:
-        click.echo(f"error: {spec} differs from its oracle by {report.max_abs_diff:.3g} > {tolerance:g}", err=True)
+        compared = against if against is not None else "its oracle"
+        click.echo(f"error: {spec} differs from {compared} by {report.max_abs_diff:.3g} > {tolerance:g}", err=True)
         sys.exit(1)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from .context import json_option, registry
+from .arguments import path_or_ref
+from .context import json_option, progress_enabled, registry
 from .output import print_json, print_table
 
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -26,16 +27,19 @@ def parse_count(text: str) -> int:
 def _config_of(ctx: click.Context, source: str) -> dict[str, Any]:
     from weightbank.registry.errors import InputError
     from weightbank.registry.json_input import parse_json_object
+    from weightbank.registry.naming import with_article
 
-    folder = Path(source)
-    if folder.is_dir():
-        config = folder / "config.json"
+    found = path_or_ref(ctx, source)
+    if isinstance(found, Path):
+        if not found.is_dir():
+            raise InputError(f"{found}: no such model folder")
+        config = found / "config.json"
         if not config.is_file():
-            raise InputError(f"{folder}: no config.json")
+            raise InputError(f"{found}: no config.json")
         return parse_json_object(config.read_bytes(), str(config), "config")
-    bank = registry(ctx).store.bank(source)
+    bank = registry(ctx).store.bank(found)
     if bank.config is None:
-        raise InputError(f"{source} is a {bank.type} bank without a model config")
+        raise InputError(f"{source} is {with_article(bank.type)} bank without a model config")
     return bank.config
 
 
@@ -45,11 +49,17 @@ def _config_of(ctx: click.Context, source: str) -> dict[str, Any]:
 @click.pass_context
 def analyze(ctx: click.Context, source: str, as_json: bool) -> None:
     """The architecture record of a bank or model folder, and which growth is lossless."""
-    from weightbank.composer.analyze import analyze as analyze_config
+    from weightbank.composer.analyze import analyze_any
+    from weightbank.registry.progress import step_progress
 
-    record = analyze_config(_config_of(ctx, source))
+    with step_progress(1, "analyze", progress_enabled(ctx), unit="model") as advance:
+        record = analyze_any(_config_of(ctx, source))
+        advance(1)
     if as_json:
         print_json(record)
+        return
+    if record.get("growth") == "unsupported":
+        _print_partial(record)
         return
     norm = record["norm"]
     heads = f"{record['heads']} heads / {record['kv_heads']} KV ({record['attention']}), head_dim {record['head_dim']}"
@@ -70,6 +80,20 @@ def analyze(ctx: click.Context, source: str, as_json: bool) -> None:
     print_table([[op, e["support"], e["reason"]] for op, e in record["operators"].items()])
 
 
+def _print_partial(record: dict[str, Any]) -> None:
+    """What is known of a family without a growth table."""
+    sizes = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab")
+    shown = [(key, record.get(key)) for key in sizes]
+    rows = [["family", f"{record['model_type']} (no growth table)"], ["model", record["model_class"]]]
+    rows += [[key, str(value)] for key, value in shown if value is not None]
+    rows += [[key, str(value)] for key, value in sorted(record["config"].items())]
+    rows += [["norm", ", ".join(record["norm_modules"]) or "-"], ["parameters", f"{record['parameters']:,}"]]
+    rows += [["growth", f"unsupported: {record['reason']}"]]
+    print_table(rows)
+    click.echo("")
+    print_table([[op, e["support"], e["reason"]] for op, e in record["operators"].items()])
+
+
 @click.command("plan")
 @click.argument("ref")
 @click.option("--target-params", required=True, help="Parameter target: 2B, 350M, 1.5e9…")
@@ -79,7 +103,7 @@ def plan_command(ctx: click.Context, ref: str, target_params: str, as_json: bool
     """Growth plans that bring REF closest to a parameter target, ranked."""
     from weightbank.composer.planner import candidates
 
-    found = candidates(registry(ctx).store, ref, parse_count(target_params))
+    found = candidates(registry(ctx).store, ref, parse_count(target_params), show_progress=progress_enabled(ctx))
     if as_json:
         print_json(
             [{"plan": k, "steps": c.steps, "parameters": c.parameters, "error": c.error, "lossless": c.lossless}
@@ -117,23 +141,37 @@ def expand(ctx: click.Context, ref: str, name: str, plan_index: int | None, targ
            message: str, as_json: bool, **options: Any) -> None:  # fmt: skip
     """Record growth of REF as an expansion bank (a recipe, no tensors until trained)."""
     from weightbank.composer.expansion import expand as record_expansion
+    from weightbank.registry.digest import short
 
-    store = registry(ctx).store
-    steps = _steps(store, ref, plan_index, target_params, options)
-    result = record_expansion(store, ref, name, steps, message=message)
+    steps = _steps(ctx, ref, plan_index, target_params, options)
+    result = record_expansion(registry(ctx).store, ref, name, steps, message=message)
     if as_json:
         print_json(result)
         return
     click.echo(
-        f"recorded {result.name}@v{result.version} {result.digest}: {json.dumps(result.steps)} → "
+        f"recorded {result.name}@v{result.version} {short(result.digest)}: {json.dumps(result.steps)} → "
         f"{result.parameters:,} parameters, manifest {result.manifest_bytes:,} bytes, no tensors"
     )
 
 
-def _steps(store: Any, ref: str, plan_index: int | None, target: str | None, options: dict[str, Any]) -> list[Any]:
+# Order of the steps when several growth options are given: each value is the final size of its
+# axis, and widening the hidden size by duplication multiplies heads and the FFN width, so the
+# hidden size grows first and the layers (copies of grown layers) last.
+_AXIS_STEPS = {
+    "hidden": lambda v: {"op": "expand.hidden", "size": v},
+    "heads": lambda v: {"op": "expand.heads", "heads": v},
+    "kv_heads": lambda v: {"op": "expand.heads", "kv_heads": v},
+    "ffn": lambda v: {"op": "expand.ffn", "size": v},
+    "depth": lambda v: {"op": "expand.depth", "layers": v},
+}
+
+
+def _steps(
+    ctx: click.Context, ref: str, plan_index: int | None, target: str | None, options: dict[str, Any]
+) -> list[Any]:
     from weightbank.registry.errors import InputError
 
-    growth = {key: options.pop(key) for key in ("depth", "ffn", "heads", "kv_heads", "hidden")}
+    growth = {key: options.pop(key) for key in _AXIS_STEPS}
     chosen = {key: value for key, value in growth.items() if value is not None}
     extras = {key: value for key, value in options.items() if value not in (None, False)}
     if plan_index is not None:
@@ -141,18 +179,14 @@ def _steps(store: Any, ref: str, plan_index: int | None, target: str | None, opt
             raise InputError("--plan K needs --target-params and no other growth option")
         from weightbank.composer.planner import candidates
 
-        found = candidates(store, ref, parse_count(target))
+        # The search is a fixed number of small probes (well under a second), so it is run
+        # again rather than cached: what `plan` printed is what K names.
+        found = candidates(registry(ctx).store, ref, parse_count(target), show_progress=progress_enabled(ctx))
         if plan_index >= len(found):
             raise InputError(f"--plan {plan_index}: there are only {len(found)} candidates")
         return [{**step, **extras} for step in found[plan_index].steps]
-    if len(chosen) != 1:
-        raise InputError("give exactly one of --depth, --ffn, --heads, --kv-heads, --hidden (or --plan K)")
-    ((key, value),) = chosen.items()
-    step = {
-        "depth": {"op": "expand.depth", "layers": value},
-        "ffn": {"op": "expand.ffn", "size": value},
-        "heads": {"op": "expand.heads", "heads": value},
-        "kv_heads": {"op": "expand.heads", "kv_heads": value},
-        "hidden": {"op": "expand.hidden", "size": value},
-    }[key]
-    return [{**step, **extras}]
+    if not chosen:
+        raise InputError("give --depth, --ffn, --heads, --kv-heads or --hidden (several make one recipe), or --plan K")
+    if "method" in extras and len(chosen) > 1:
+        raise InputError("--method names one axis's construction: give it with a single growth option")
+    return [{**_AXIS_STEPS[key](value), **extras} for key, value in chosen.items()]

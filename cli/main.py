@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from .compose_commands import compose, verify
-from .context import WeightbankGroup, json_option, registry
+from .context import BROKEN_PIPE_STATUS, WeightbankGroup, json_option, registry, silence_stdout
 from .growth_commands import analyze, expand, plan_command
+from .lineage_output import LINEAGE_FORMATS
 from .output import human_bytes, print_json, print_table
 from .remote_commands import pull, push, remote
 
@@ -69,10 +70,13 @@ def ingest(
         print_json(result)
         return
     from weightbank.registry.digest import short
+    from weightbank.registry.naming import plural
 
+    bank = registry(ctx).store.bank(result.digest)
     what = (
-        f"{result.bank_type}: {result.tensors} tensors, {result.files} files, {human_bytes(result.total_bytes)}; "
-        f"{result.new_objects} new objects ({human_bytes(result.new_bytes)})"
+        f"{result.bank_type}: {plural(result.tensors, 'tensor')} ({human_bytes(bank.tensor_bytes)} of tensor data), "
+        f"{plural(result.files, 'file')} ({human_bytes(bank.file_bytes)}); "
+        f"{plural(result.new_objects, 'new object')} ({human_bytes(result.new_bytes)})"
     )
     state = "unchanged" if result.unchanged else "ingested"
     click.echo(f"{state} {result.name}@v{result.version} {short(result.digest)} — {what}")
@@ -92,27 +96,37 @@ def _ingest_trained(
     if as_json:
         print_json(result)
         return
+    from weightbank.registry.digest import short
+    from weightbank.registry.naming import plural
+
     click.echo(
-        f"ingested {result.name}@v{result.version} {result.digest}: {result.tensors} tensors differ from the recipe "
-        f"({result.new_objects} new objects)"
+        f"ingested {result.name}@v{result.version} {short(result.digest)}: {plural(result.tensors, 'tensor')} "
+        f"differ from the recipe ({plural(result.new_objects, 'new object')})"
     )
 
 
 @cli.command()
 @click.argument("ref")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard base models above this size.")
+@click.option(
+    "--max-shard-size",
+    help="Shard base models above this size [default: the source checkpoint's own shards where the bank "
+    "came from one, else save_pretrained's default, 50GB in transformers 5].",
+)
 @json_option
 @click.pass_context
-def export(ctx: click.Context, ref: str, out_dir: Path, max_shard_size: str, as_json: bool) -> None:
+def export(ctx: click.Context, ref: str, out_dir: Path, max_shard_size: str | None, as_json: bool) -> None:
     """Write a base or adapter bank as a folder from_pretrained loads."""
+    from weightbank.registry.naming import plural
+
     result = registry(ctx).export(ref, out_dir, max_shard_size=max_shard_size)
     if as_json:
         print_json(result)
         return
+    weights = plural(len(result.weight_files), "weight file")
     click.echo(
         f"exported {result.bank_type} bank {ref} to {result.out_dir} "
-        f"({len(result.weight_files)} weight files, {result.files} files, {human_bytes(result.bytes)})"
+        f"({weights}, {plural(result.files, 'other file')}, {human_bytes(result.bytes)})"
     )
 
 
@@ -132,30 +146,32 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     if manifest["kind"] != "bank":
         print_json(manifest)
         return
-    size = sum(t["bytes"] for t in manifest["tensors"].values())
-    click.echo(f"tensors     {len(manifest['tensors'])} ({human_bytes(size)}), {manifest['parameters']:,} parameters")
-    click.echo(f"files       {', '.join(sorted(manifest['files'])) or '-'}")
-    for parent in manifest["provenance"]["parents"]:
-        click.echo(f"parent      {parent['role']}: {parent['digest']}")
-    activity = manifest["provenance"]["activity"]
-    click.echo(f"made by     {activity['operator']} ({activity['tool']}), {activity['agent']}, {activity['time']}")
-    if activity.get("message"):
-        click.echo(f"message     {activity['message']}")
+    from .show import describe_bank
+
+    for label, value in describe_bank(reg.store, digest, manifest):
+        click.echo(f"{label:<11} {value}")
 
 
 @cli.command()
 @click.argument("name")
+@click.option("-n", "--max-count", "count", type=click.IntRange(min=0), help="Show only the N newest versions.")
+@click.option("--reverse", is_flag=True, help="Oldest first (after -n, as git log does).")
 @json_option
 @click.pass_context
-def log(ctx: click.Context, name: str, as_json: bool) -> None:
-    """History of a ref, oldest first."""
-    entries = registry(ctx).log(name)
+def log(ctx: click.Context, name: str, count: int | None, reverse: bool, as_json: bool) -> None:
+    """History of a ref, newest first."""
+    entries = list(reversed(registry(ctx).log(name)))[:count]
+    if reverse:
+        entries.reverse()
     if as_json:
         print_json(entries)
         return
     from weightbank.registry.digest import short
 
-    print_table([[f"v{e.version}", short(e.target), e.time, e.agent, e.action, e.message] for e in entries])
+    rows = [
+        [f"v{e.version}", short(e.target) if e.target else "-", e.time, e.agent, e.action, e.message] for e in entries
+    ]
+    print_table(rows)
 
 
 @cli.command()
@@ -212,23 +228,19 @@ def rm(ctx: click.Context, ref: str, purge: bool, message: str, as_json: bool) -
 
 @cli.command()
 @click.argument("ref")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "prov"]), default="text", show_default=True)
-@json_option
+@click.option(
+    "--format", "fmt", type=click.Choice(LINEAGE_FORMATS),
+    help="text (default), json, dot, mermaid, prov (W3C PROV-JSON), or svg/png (drawn by Graphviz's dot).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.pass_context
-def lineage(ctx: click.Context, ref: str, fmt: str, as_json: bool) -> None:
-    """Provenance graph of a bank: a tree, JSON, Graphviz dot or W3C PROV-JSON."""
-    from weightbank.registry import provenance
+def lineage(ctx: click.Context, ref: str, fmt: str | None, as_json: bool) -> None:
+    """Provenance graph of a bank: a tree, JSON, Graphviz dot, Mermaid, PROV-JSON, or an SVG/PNG drawing."""
+    from .lineage_output import print_lineage
 
-    graph = registry(ctx).lineage(ref)
-    fmt = "json" if as_json else fmt
-    if fmt == "json":
-        print_json(provenance.to_json(graph))
-    elif fmt == "prov":
-        print_json(provenance.to_prov(graph))
-    elif fmt == "dot":
-        click.echo(provenance.render_dot(graph))
-    else:
-        click.echo(provenance.render_text(graph))
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json is --format json; it cannot be combined with --format {fmt}")
+    print_lineage(registry(ctx).lineage(ref), "json" if as_json else fmt or "text")
 
 
 def _report(report: Any, as_json: bool, what: str) -> None:
@@ -242,7 +254,9 @@ def _report(report: Any, as_json: bool, what: str) -> None:
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if not report.ok:
-        click.echo(f"error: {len(report.problems)} problem(s) found in {what}", err=True)
+        from weightbank.registry.naming import plural
+
+        click.echo(f"error: {plural(len(report.problems), 'problem')} found in {what}", err=True)
         sys.exit(1)
 
 
@@ -362,7 +376,14 @@ def main() -> None:
     # PEFT 0.21 calls a transformers 5 API that transformers deprecates: noise for our users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     warnings.showwarning = _show_warning
-    cli(prog_name="weightbank")
+    try:
+        cli(prog_name="weightbank")
+    finally:
+        try:  # what is still buffered: a reader that went away (`| head`) is not an error
+            sys.stdout.flush()
+        except BrokenPipeError:
+            silence_stdout()
+            sys.exit(BROKEN_PIPE_STATUS)
 
 
 def _show_warning(

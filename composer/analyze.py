@@ -1,6 +1,6 @@
 """The architecture analyzer: a Hugging Face config → the MES v1 architecture record.
 
-Everything here is computed from the config alone: sizes, norm type and placement,
+For a family with an architecture table, everything is computed from the config alone: sizes, norm type and placement,
 attention kind, positions, MLP kind, biases, the exact parameter count (equal to
 `model.num_parameters()` of the model `from_pretrained` builds), and the compatibility
 matrix — for each growth operator, whether it is lossless, lossy only, or unsupported for
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from weightbank.registry.errors import InputError
 from weightbank.registry.manifests import validate
 
-from .architectures import Layout
+from .architectures import Layout, family_of
 
 
 def count_parameters(config: dict[str, Any]) -> int:
@@ -161,3 +162,57 @@ def analyze(config: dict[str, Any]) -> dict[str, Any]:
     }
     validate(record, "architecture", "architecture record")
     return record
+
+
+# Config values worth showing for a family weightbank has no table for (MoE, attention window…).
+_NOTABLE_CONFIG = (
+    "num_local_experts", "num_experts", "num_experts_per_tok", "sliding_window", "max_position_embeddings",
+    "hidden_act", "tie_word_embeddings", "rope_theta",
+)  # fmt: skip
+_SIZES = {
+    "layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate": "intermediate_size",
+    "vocab": "vocab_size",
+}  # fmt: skip
+
+
+def analyze_any(config: dict[str, Any]) -> dict[str, Any]:
+    """`analyze` where weightbank has an architecture table for the family; otherwise what the
+    config and a meta-device model tell — sizes, norm modules, the exact parameter count —
+    with every growth operator marked unsupported and the reason (`growth: unsupported`)."""
+    try:
+        family_of(config)
+    except InputError as exc:
+        return _partial_record(config, str(exc))
+    return analyze(config)
+
+
+def _partial_record(config: dict[str, Any], reason: str) -> dict[str, Any]:
+    import torch
+
+    from .hf_model import config_object, meta_model
+
+    settings = config_object(config)
+    try:
+        model = meta_model(settings, torch.float32)  # no memory: parameters live on the meta device
+    except (AssertionError, ValueError, RuntimeError, TypeError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(
+            f"transformers cannot build a {config['model_type']} model from this config: {detail}"
+        ) from None
+    sizes = {key: getattr(settings, name, None) for key, name in _SIZES.items()}
+    unsupported = {"support": "unsupported", "reason": f"{reason}; growth operators need one"}
+    return {
+        "model_type": config["model_type"],
+        "model_class": type(model).__name__,
+        **{key: value for key, value in sizes.items() if isinstance(value, int)},
+        "config": {key: config[key] for key in _NOTABLE_CONFIG if config.get(key) is not None},
+        "norm_modules": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
+        "parameters": model.num_parameters(),
+        "growth": "unsupported",
+        "reason": reason,
+        "operators": {
+            "adapter.lora": {"support": "lossless", "reason": "exact PEFT merge (by tensor name: no table needed)"},
+            **{op: dict(unsupported) for op in ("expand.depth", "expand.ffn", "expand.heads", "expand.hidden")},
+        },
+    }

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
-from weightbank.registry.checkpoints import DEFAULT_MAX_SHARD_SIZE, MODEL_CONFIG
+from weightbank.registry.checkpoints import MODEL_CONFIG
 from weightbank.registry.export import write_files
 from weightbank.registry.store import Store
 
@@ -73,7 +73,7 @@ def write(
     name: str | None = None,
     dtype: str | None = None,
     message: str = "",
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str | None = None,
     store: str | Path | Store | None = None,
     show_progress: bool = False,
 ) -> ComposeResult:
@@ -114,6 +114,8 @@ def verify_composition(
     against: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     store: str | Path | Store | None = None,
+    show_progress: bool = False,
 ) -> VerifyReport:
-    """Compare the composed model with its oracle; see `weightbank.composer.verify`."""
-    return verify(_store(store), spec, against=against, tolerance=tolerance)
+    """Compare the composed model with its oracle, or with bank `against` (composed at that
+    bank's dtype); see `weightbank.composer.verify`."""
+    return verify(_store(store), spec, against=against, tolerance=tolerance, show_progress=show_progress)

@@ -21,16 +21,26 @@ from .executor import Executor
 from .hf_model import config_object, meta_model
 from .plan import Plan
 
-DEVICES = ("cpu", "cuda", "auto")
-
 
 def resolve_device(device: str | torch.device) -> torch.device | str:
-    """`cpu`, `cuda`, `cuda:N` or `auto`; refuses CUDA when there is none."""
+    """`cpu`, `cuda`, `cuda:N`, `mps` or `auto`; refuses devices this torch cannot use, in one line."""
     if device == "auto":
         return "auto"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but torch sees no CUDA device")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N, mps or auto") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {device} was asked for, but torch sees no CUDA device")
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {device}: this torch has no MPS (Apple GPU) support, or no such GPU is here")
+    elif resolved.type != "cpu":
+        raise InputError(f"--device {device}: weightbank builds models on cpu, cuda, cuda:N, mps or auto")
     return resolved
 
 

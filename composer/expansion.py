@@ -18,6 +18,7 @@ from weightbank.registry.errors import InputError
 from weightbank.registry.ingest import scan_folder, tensor_ranges
 from weightbank.registry.manifests import canonical_json
 from weightbank.registry.names import check_ref_name
+from weightbank.registry.naming import with_article
 from weightbank.registry.objects import tensor_object_digest
 from weightbank.registry.provenance import new_activity
 from weightbank.registry.refs import RefEntry
@@ -70,7 +71,7 @@ def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str 
     tensors whose bytes differ from the recipe's output."""
     current = store.bank(name)
     if current.type != "expansion":
-        raise InputError(f"--as-version-of {name}: {name} is a {current.type} bank, not an expansion")
+        raise InputError(f"--as-version-of {name}: {name} is {with_article(current.type)} bank, not an expansion")
     base, _ = resolve_base(store, current.digest)
     recipe = current.document["recipe"]["steps"]
     plan = make_plan(store, {"mes_version": "1", "base": base.digest, "steps": recipe}, dtype="float32")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from weightbank.registry.banks import Bank, TensorRecord
+from weightbank.registry.errors import WeightbankError
 
 from .tasks import Load, Task
 
@@ -19,8 +20,9 @@ class ModelState:
     tensors: dict[str, Task]
 
 
-class PlanProblem(Exception):
-    """Raised by an operator with every problem it found in its step."""
+class PlanProblem(WeightbankError):
+    """Raised by an operator with every problem it found in its step (outside a plan, e.g. when
+    `expand` resolves its base, it reaches the user as one error line like any other)."""
 
     def __init__(self, *problems: str) -> None:
         super().__init__("; ".join(problems))
@@ -34,6 +36,9 @@ class BankSource(Protocol):
     def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank: ...
 
     def warn(self, message: str) -> None: ...
+    def describe(self, digest: str) -> str:
+        """How messages name a manifest: `NAME@vN` where a ref points at it, else a short digest."""
+        ...
 
     @property
     def base(self) -> Bank: ...

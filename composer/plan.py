@@ -17,6 +17,7 @@ from typing import Any
 from weightbank.registry.banks import Bank, FileRecord
 from weightbank.registry.checkpoints import MODEL_CONFIG
 from weightbank.registry.errors import WeightbankError, WeightbankWarning
+from weightbank.registry.naming import display_name, names_by_target, with_article
 from weightbank.registry.safetensors_format import FLOAT_DTYPES
 from weightbank.registry.store import Store
 
@@ -50,10 +51,16 @@ class Sources:
     inputs: dict[str, str] = field(default_factory=dict)  # digest -> role
     resolved: dict[str, str] = field(default_factory=dict)  # ref as written -> digest
     warnings: list[str] = field(default_factory=list)
+    _names: dict[str, list[str]] | None = field(default=None, repr=False)  # for messages, read on first use
 
     @property
     def base(self) -> Bank:
         return self.base_bank
+
+    def describe(self, digest: str) -> str:
+        if self._names is None:
+            self._names = names_by_target(self.store)
+        return display_name(self.store, digest, self._names)
 
     def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank:
         try:
@@ -61,7 +68,7 @@ class Sources:
         except WeightbankError as exc:
             raise PlanProblem(str(exc)) from None
         if bank_type is not None and bank.type != bank_type:
-            raise PlanProblem(f"{ref} is a {bank.type} bank, expected an {bank_type} bank")
+            raise PlanProblem(f"{ref} is {with_article(bank.type)} bank, expected {with_article(bank_type)} bank")
         self.inputs.setdefault(bank.digest, role)
         self.resolved[ref] = bank.digest
         return bank
@@ -131,7 +138,7 @@ def resolve_base(store: Store, ref: str) -> tuple[Bank, Bank | None]:
         base = store.bank(bases[0])
         if base.type == "base":
             return base, named
-    raise PlanProblem(f"{ref} is a {named.type} bank, not a base model or an expansion of one")
+    raise PlanProblem(f"{ref} is {with_article(named.type)} bank, not a base model or an expansion of one")
 
 
 def starting_state(base: Bank, expansion: Bank | None, sources: Sources, problems: list[str]) -> ModelState:
@@ -226,7 +233,9 @@ def _step_problems_without_base(document: dict[str, Any], store: Store) -> list[
         if step["op"] not in OPERATORS:
             problems.append(f"step {number}: unknown operator {step['op']!r}")
         refs = [step["bank"]] if isinstance(step.get("bank"), str) else []
-        refs += [a["bank"] for a in step.get("adapters", []) if isinstance(a, dict) and isinstance(a.get("bank"), str)]
+        adapters = step.get("adapters") if isinstance(step.get("adapters"), list) else []
+        refs += [a if isinstance(a, str) else a.get("bank") for a in adapters if isinstance(a, (str, dict))]
+        refs = [ref for ref in refs if isinstance(ref, str)]
         for ref in refs:
             try:
                 store.resolve(ref)
@@ -248,12 +257,14 @@ def _target_dtype(requested: str | None, document: dict[str, Any], config: dict[
 def _resolved_spec(document: dict[str, Any], resolved: dict[str, str], dtype: str) -> dict[str, Any]:
     """The manifest as it was built: refs replaced by digests, the dtype made explicit."""
 
-    def swap(value: Any) -> Any:
+    def swap(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
             return {
-                k: (resolved.get(v, v) if k in ("bank", "base") and isinstance(v, str) else swap(v))
+                k: (resolved.get(v, v) if k in ("bank", "base") and isinstance(v, str) else swap(v, k))
                 for k, v in value.items()
             }
+        if key == "adapters" and isinstance(value, list):  # the short form: a list of refs
+            return [resolved.get(v, v) if isinstance(v, str) else swap(v) for v in value]
         if isinstance(value, list):
             return [swap(v) for v in value]
         return value

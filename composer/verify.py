@@ -2,12 +2,20 @@
 
 The oracle is built by the peers from banks exported to a scratch folder: transformers'
 `from_pretrained` of the base (or of `--against REF`), with every step's `oracle` applied —
-PEFT's own merge for adapters, nothing for function-preserving growth. Both run in float32
-on the CPU; the report is the max-abs difference of their logits (or last hidden states).
+PEFT's own merge for adapters, nothing for function-preserving growth. The report is the
+max-abs difference of their logits (or last hidden states) on the CPU, in float32 arithmetic.
+
+Precision: against its own oracle, the composition is built with float32 weights. Against a
+bank (`--against REF`), it is built at that bank's dtype (a bank `compose --name` wrote in
+bfloat16 is compared with a bfloat16 composition: the same roundings), and both models then
+run in float32. Memory: the two models are built one after the other, each freed once its
+outputs are taken, so at most one model is held — in float32, 4 bytes per parameter, plus
+the oracle's export in a scratch folder on disk.
 """
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +24,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from weightbank.registry.banks import Bank
+from weightbank.registry.errors import InputError
+from weightbank.registry.naming import with_article
+from weightbank.registry.progress import step_progress
 from weightbank.registry.store import Store
 
 from .build import build_model
+from .dtypes import TARGET_DTYPES
 from .executor import Executor
+from .hf_model import config_object
 from .operators import OPERATORS
 from .oracle import OracleContext
 from .plan import make_plan
@@ -29,13 +43,15 @@ DEFAULT_TOLERANCE = 1e-5
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """The outcome of one verification."""
+    """The outcome of one verification. `precision`: the weights' dtype and the arithmetic's."""
 
     max_abs_diff: float
     tolerance: float
     oracle: str
     inputs: list[int]
     warnings: list[str] = field(default_factory=list)  # the plan's: where the composition departs from a peer
+    precision: str = "float32 weights, float32 arithmetic"
+    against: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -48,29 +64,63 @@ def fixed_inputs(vocab_size: int, seed: int = 0, batch: int = 2, length: int = 1
 
 
 def outputs_of(model: PreTrainedModel, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits for language models, the last hidden state for encoders."""
+    """Logits for language models, the last hidden state for encoders, in float32."""
+    model = model.float()
     with torch.no_grad():
         result = model(tokens.to(model.device))
     value = result.logits if hasattr(result, "logits") else result.last_hidden_state
     return value.float().cpu()
 
 
+def bank_dtype(bank: Bank) -> str:
+    """The dtype a bank's floating-point tensors are stored in, as a composition dtype name
+    (`bfloat16`); float32 where they are mixed or in a dtype compositions are not made in."""
+    codes = {record.dtype for record in bank.tensors.values() if record.dtype in TARGET_DTYPES.values()}
+    by_code = {code: name for name, code in TARGET_DTYPES.items()}
+    return by_code[codes.pop()] if len(codes) == 1 else "float32"
+
+
 def verify(
-    store: Store, spec: Any, *, against: str | None = None, tolerance: float = DEFAULT_TOLERANCE
+    store: Store,
+    spec: Any,
+    *,
+    against: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    show_progress: bool = False,
 ) -> VerifyReport:
     """Compare the composed model with its oracle (see module docstring)."""
-    plan = make_plan(store, spec, dtype="float32")
-    composed = build_model(plan, Executor(store), "cpu")
-    with tempfile.TemporaryDirectory(prefix="weightbank-verify-") as scratch:
+    dtype = "float32"
+    if against is not None:
+        compared = store.bank(against)
+        if compared.type != "base" or compared.config is None:
+            raise InputError(
+                f"--against {against} is {with_article(compared.type)} bank: verify compares with a base model "
+                "(compose it with --name first)"
+            )
+        dtype = bank_dtype(compared)
+    plan = make_plan(store, spec, dtype=dtype)
+    with (
+        tempfile.TemporaryDirectory(prefix="weightbank-verify-") as scratch,
+        step_progress(2, "verify", show_progress, unit="model") as advance,
+    ):
         context = OracleContext(store, Path(scratch))
         oracle = context.load_model(against or plan.base.digest)
         if against is None:
             for step in plan.steps:
                 oracle = OPERATORS[step["op"]].oracle(oracle, step, context)
-        description = f"from_pretrained({against})" if against else _describe(plan.steps)
-        tokens = fixed_inputs(min(oracle.config.vocab_size, composed.config.vocab_size))
-        diff = (outputs_of(composed, tokens) - outputs_of(oracle, tokens)).abs().max().item()
-    return VerifyReport(diff, tolerance, description, list(tokens.shape), plan.warnings)
+        tokens = fixed_inputs(min(oracle.config.vocab_size, config_object(plan.config).vocab_size))
+        expected = outputs_of(oracle, tokens)
+        del oracle  # one model at a time
+        gc.collect()
+        advance(1)
+        composed = build_model(plan, Executor(store), "cpu")
+        actual = outputs_of(composed, tokens)
+        del composed
+        advance(1)
+    description = f"from_pretrained({against})" if against else _describe(plan.steps)
+    precision = f"{dtype} weights, float32 arithmetic"
+    diff = (actual - expected).abs().max().item()
+    return VerifyReport(diff, tolerance, description, list(tokens.shape), plan.warnings, precision, against)
 
 
 def _describe(steps: list[dict[str, Any]]) -> str:

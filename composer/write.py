@@ -18,7 +18,6 @@ import torch
 
 from weightbank.registry.banks import FileRecord, Parent, TensorRecord, new_bank_manifest
 from weightbank.registry.checkpoints import (
-    DEFAULT_MAX_SHARD_SIZE,
     DEFAULT_METADATA,
     MODEL_CONFIG,
     layout,
@@ -67,7 +66,7 @@ def write_composition(
     out_dir: str | Path | None = None,
     name: str | None = None,
     message: str = "",
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str | None = None,
     show_progress: bool = False,
 ) -> ComposeResult:
     """Stream the composed tensors to `out_dir` (a from_pretrained folder) and/or into the
@@ -76,7 +75,7 @@ def write_composition(
         check_ref_name(name)
     executor = Executor(store, "cpu")
     config_bytes = config_object(plan.config).to_json_string(use_diff=True).encode("utf-8")
-    shards = plan_shards({n: t.nbytes for n, t in plan.targets.items()}, max_shard_size)
+    shards = plan_shards({n: (t.dtype, t.nbytes) for n, t in plan.targets.items()}, max_shard_size)
     records: dict[str, TensorRecord] = {}
     created = 0
     total = sum(t.nbytes for t in plan.targets.values())

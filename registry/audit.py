@@ -14,6 +14,8 @@ from .backends import LocalBackend
 from .banks import Bank
 from .digest import short
 from .errors import WeightbankError
+from .naming import names_by_target
+from .progress import Advance, step_progress
 from .provenance import parents_of
 from .refs import parse_ref
 from .store import Store
@@ -60,9 +62,10 @@ class CheckReport:
 class _Checker:
     """Verifies manifests and objects, each at most once, recording problems."""
 
-    def __init__(self, store: Store, names: dict[str, list[str]]) -> None:
+    def __init__(self, store: Store, names: dict[str, list[str]], advance: Advance = lambda _n: None) -> None:
         self.store = store
         self.names = names
+        self.advance = advance  # one step per object verified
         self.report = CheckReport()
         self.checked_objects: dict[str, bool] = {}
         self.checked_manifests: set[str] = set()
@@ -81,6 +84,7 @@ class _Checker:
                 self.report.bad_objects.append(digest)
                 self.report.problems.append(Problem(f"object {digest}", str(exc)))
             self.report.objects += 1
+            self.advance(1)
         return self.checked_objects[digest]
 
     def check_manifest(self, digest: str, role: str = "") -> list[str]:
@@ -132,24 +136,16 @@ class _Checker:
             pending.extend((parent, "parent") for parent in parents)
 
 
-def _names_by_target(store: Store) -> dict[str, list[str]]:
-    names: dict[str, list[str]] = {}
-    for name in store.refs.names():
-        history, _ = store.refs.scan(name)
-        for entry in history.live():
-            names.setdefault(entry.manifest, []).append(entry.label)
-    return names
-
-
-def audit(store: Store, ref: str) -> CheckReport:
+def audit(store: Store, ref: str, *, show_progress: bool = False) -> CheckReport:
     """Re-verify everything `ref` depends on: its manifest, parents, and all their objects;
     for a ref name, its history too (links, gaps, the head record)."""
     root = store.resolve(ref)
-    checker = _Checker(store, _names_by_target(store))
-    name = parse_ref(ref).name
-    if name is not None:
-        _check_history(store, name, checker.report)
-    checker.walk([root])
+    with step_progress(0, f"audit {ref}", show_progress, unit="object") as advance:
+        checker = _Checker(store, names_by_target(store), advance)
+        name = parse_ref(ref).name
+        if name is not None:
+            _check_history(store, name, checker.report)
+        checker.walk([root])
     return checker.report
 
 
@@ -163,10 +159,14 @@ def _check_history(store: Store, name: str, report: CheckReport) -> None:
             report.problems.append(Problem(f"ref {entry.label}", f"target {entry.target} is missing"))
 
 
-def fsck(store: Store) -> CheckReport:
+def fsck(store: Store, *, show_progress: bool = False) -> CheckReport:
     """Verify the whole store: every ref history, manifest and object; temporaries that killed
     writers left behind are noted (the next writer or gc removes them)."""
-    checker = _Checker(store, _names_by_target(store))
+    with step_progress(0, "fsck", show_progress, unit="object") as advance:
+        return _fsck(store, _Checker(store, names_by_target(store), advance))
+
+
+def _fsck(store: Store, checker: _Checker) -> CheckReport:
     for name in store.refs.names():
         _check_history(store, name, checker.report)
     checker.walk(list(store.manifests))

@@ -128,6 +128,16 @@ class Bank:
     def parameters(self) -> int:
         return self.document["parameters"]
 
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of tensor data (what the tensors hold, without file headers)."""
+        return sum(t["bytes"] for t in self.document["tensors"].values())
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the other files (config, tokenizer, …)."""
+        return sum(f["bytes"] for f in self.document["files"].values())
+
     def object_digests(self) -> set[str]:
         """Every object the bank's tensors and files name."""
         return {t["digest"] for t in self.document["tensors"].values()} | {

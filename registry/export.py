@@ -16,16 +16,17 @@ from pathlib import Path
 from .banks import Bank, FileRecord, TensorRecord
 from .checkpoints import (
     ADAPTER_WEIGHTS,
-    DEFAULT_MAX_SHARD_SIZE,
     DEFAULT_METADATA,
+    in_file_order,
     layout,
-    natural_key,
     plan_shards,
+    recorded_layout,
     staged_folder,
     write_index,
 )
 from .errors import InputError, IntegrityError
 from .names import check_relative_path
+from .naming import with_article
 from .progress import Advance, byte_progress
 from .safetensors_format import encode_header
 from .store import Store
@@ -47,13 +48,19 @@ def export_bank(
     ref: str,
     out_dir: str | Path,
     *,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str | None = None,
     show_progress: bool = False,
 ) -> ExportResult:
-    """Write the bank `ref` names as a Hugging Face model folder (base) or PEFT folder (adapter)."""
+    """Write the bank `ref` names as a Hugging Face model folder (base) or PEFT folder (adapter).
+
+    Without `max_shard_size`, a bank ingested from a checkpoint is written in that checkpoint's
+    own files (same names, same tensors in the same order: the same bytes); any other bank as
+    save_pretrained would write it (its default shard size, safetensors' layout)."""
     bank = store.bank(ref)
     if bank.type not in ("base", "adapter"):
-        raise InputError(f"{ref} is a {bank.type} bank; export writes base and adapter banks (compose the others)")
+        raise InputError(
+            f"{ref} is {with_article(bank.type)} bank; export writes base and adapter banks (compose the others)"
+        )
     out = Path(out_dir)
     total = sum(r.bytes for r in bank.tensors.values()) + sum(f.bytes for f in bank.files.values())
     with staged_folder(out) as staging, byte_progress(total, f"export {out.name}", show_progress) as advance:
@@ -72,15 +79,18 @@ def write_files(store: Store, files: Mapping[str, FileRecord], folder: Path, adv
 
 
 def write_weights(
-    store: Store, bank: Bank, folder: Path, max_shard_size: int | str, advance: Advance = lambda _n: None
+    store: Store, bank: Bank, folder: Path, max_shard_size: int | str | None = None, advance: Advance = lambda _n: None
 ) -> list[str]:
     """Write the bank's tensors as safetensors into `folder`; return the file names."""
     records = bank.tensors
     metadata = bank.document.get("safetensors_metadata") or DEFAULT_METADATA
-    if bank.type == "adapter":
-        shards = {ADAPTER_WEIGHTS: sorted(records, key=natural_key)}
+    recorded = recorded_layout(bank.document.get("metadata"), records) if max_shard_size is None else None
+    if recorded is not None:
+        shards = recorded
+    elif bank.type == "adapter":
+        shards = {ADAPTER_WEIGHTS: in_file_order({name: record.dtype for name, record in records.items()})}
     else:
-        shards = plan_shards({name: record.bytes for name, record in records.items()}, max_shard_size)
+        shards = plan_shards({name: (r.dtype, r.bytes) for name, r in records.items()}, max_shard_size)
     for filename, names in shards.items():
         write_safetensors(store, {n: records[n] for n in names}, folder / filename, metadata, advance)
     index = write_index(folder, shards, sum(r.bytes for r in records.values()), bank.parameters)

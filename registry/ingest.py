@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .banks import Bank, FileRecord, Parent, TensorRecord, content_of, new_bank_manifest
-from .checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, WEIGHTS, WEIGHTS_INDEX
+from .checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, WEIGHTS, WEIGHTS_INDEX, source_layout
 from .digest import PREFIX, is_digest
 from .errors import InputError, SchemaError, WeightbankError
 from .file_range import FileRange
@@ -26,6 +26,7 @@ from .hash_cache import HashCache, file_identity
 from .json_input import parse_json_object
 from .manifests import validate_manifest
 from .names import check_ref_name, check_relative_path
+from .naming import with_article
 from .objects import PutResult
 from .peft_adapter import check_fits_base, check_lora_config, with_tied_head
 from .progress import byte_progress
@@ -310,6 +311,7 @@ def _manifest(
         config=scan.config if scan.kind == "base" else None,
         peft_config=scan.config if scan.kind == "adapter" else None,
         safetensors_metadata=metadata or None,
+        metadata=source_layout({weight.path.name: weight.header.tensors for weight in scan.weights}),
     )
 
 
@@ -333,7 +335,7 @@ def _adapter_base(store: Store, base: str | None, scan: FolderScan) -> Bank:
         raise InputError(f"{scan.folder}: an adapter needs --base REF naming the base bank it was trained on")
     bank = store.bank(base)
     if bank.type != "base":
-        raise InputError(f"--base {base} is a {bank.type} bank; adapters are checked against a base bank")
+        raise InputError(f"--base {base} is {with_article(bank.type)} bank; adapters are checked against a base bank")
     base_shapes = with_tied_head({name: record.shape for name, record in bank.tensors.items()}, bank.config or {})
     check_fits_base(scan.shapes(), base_shapes, scan.config, f"base {base}")
     return bank

@@ -114,9 +114,10 @@ class ManifestStore:
         what = f"manifest {digest}"
         try:
             document = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IntegrityError(f"{what} is not JSON ({exc})") from None
-        if canonical_json(document) != data:
+            canonical = canonical_json(document)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also NaN, 4,300+ digit numbers
+            raise IntegrityError(f"{what} is not canonical JSON ({exc})") from None
+        if canonical != data:
             raise IntegrityError(f"{what} is not in canonical form")
         validate_manifest(document, what)
         return document

@@ -6,6 +6,7 @@ climb out of a folder (`..`, absolute paths, backslashes, control characters) is
 
 from __future__ import annotations
 
+import os
 import re
 
 from .errors import InputError
@@ -44,3 +45,9 @@ def check_relative_path(path: str, where: str) -> str:
     ):
         raise InputError(f"{where}: refusing file path {path!r} (must be relative, without '..', '.' or empty parts)")
     return path
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a command-line argument is written as a path (`./tiny`, `/data/x`, `~/m`,
+    `models/tiny`) rather than as a ref (`tiny`, `tiny@v2`, `blake3:…`), which never has a `/`."""
+    return "/" in text or (os.sep != "/" and os.sep in text) or text in (".", "..") or text.startswith("~")

@@ -3,7 +3,7 @@
 Every bank manifest carries `provenance.parents` (digest + role) and
 `provenance.activity` (operator, parameters, tool, time, agent). This module makes those
 activity records and walks parents into a lineage graph, rendered as a text tree, JSON,
-Graphviz dot, or W3C PROV-JSON.
+Graphviz dot, Mermaid, or W3C PROV-JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .digest import short
 from .errors import WeightbankError
+from .naming import names_by_target
 
 if TYPE_CHECKING:
     from .store import Store
@@ -118,10 +119,7 @@ class Lineage:
 
 def build_lineage(store: Store, root: str) -> Lineage:
     """Walk parents from `root`; missing or unreadable manifests become nodes with a problem."""
-    names_by_target: dict[str, list[str]] = {}
-    for name in store.refs.names():
-        for entry in store.refs.history(name).live():
-            names_by_target.setdefault(entry.manifest, []).append(entry.label)
+    names = names_by_target(store)
     nodes: dict[str, LineageNode] = {}
     pending = [root]
     while pending:
@@ -133,7 +131,7 @@ def build_lineage(store: Store, root: str) -> Lineage:
             problem = None
         except WeightbankError as exc:
             manifest, problem = None, str(exc)
-        node = LineageNode(digest, manifest, names_by_target.get(digest, []), problem)
+        node = LineageNode(digest, manifest, names.get(digest, []), problem)
         nodes[digest] = node
         pending.extend(parent["digest"] for parent in node.parents)
     return Lineage(root, nodes)
@@ -178,15 +176,42 @@ def to_json(lineage: Lineage) -> dict[str, Any]:
     return {"root": lineage.root, "nodes": nodes, "edges": edges}
 
 
+def dot_string(text: str) -> str:
+    """A Graphviz quoted string: only `"` is escaped in DOT, and a backslash starts an escape
+    in labels, so both are escaped; everything else (UTF-8, e.g. an em dash) is kept as is."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def render_dot(lineage: Lineage) -> str:
     """Graphviz: children point at their parents, edges labelled by role."""
     lines = ["digraph lineage {", "  rankdir=BT;", "  node [shape=box, fontname=monospace];"]
     for digest, node in lineage.nodes.items():
         style = ", style=dashed, color=red" if node.manifest is None else ""
-        lines.append(f"  {json.dumps(digest)} [label={json.dumps(node.label)}{style}];")
+        lines.append(f"  {dot_string(digest)} [label={dot_string(node.label)}{style}];")
     for child, parent, role in lineage.edges():
-        lines.append(f"  {json.dumps(child)} -> {json.dumps(parent)} [label={json.dumps(role)}];")
+        lines.append(f"  {dot_string(child)} -> {dot_string(parent)} [label={dot_string(role)}];")
     lines.append("}")
+    return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    """Text inside a Mermaid label: its markup characters as entity codes."""
+    for char, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"), ("|", "#124;")):
+        text = text.replace(char, code)
+    return text
+
+
+def render_mermaid(lineage: Lineage) -> str:
+    """A Mermaid flowchart (GitHub and the Hub render it in Markdown): children point at parents."""
+    ids = {digest: f"n{i}" for i, digest in enumerate(lineage.nodes)}
+    lines = ["graph BT"]
+    for digest, node in lineage.nodes.items():
+        lines.append(f'  {ids[digest]}["{_mermaid_text(node.label)}"]')
+    for child, parent, role in lineage.edges():
+        lines.append(f"  {ids[child]} -->|{_mermaid_text(role)}| {ids[parent]}")
+    missing = [ids[d] for d, node in lineage.nodes.items() if node.manifest is None]
+    if missing:
+        lines += ["  classDef missing stroke:#f00,stroke-dasharray:5 5", f"  class {','.join(missing)} missing"]
     return "\n".join(lines)
 
 

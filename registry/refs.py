@@ -16,7 +16,8 @@ removes earlier versions: a removed version no longer resolves, and gc may colle
 removed versions reached. Nothing is ever rewritten; the one deletion is gc finishing a
 `purge` tombstone (see `gc`).
 
-Ref syntax accepted everywhere: `NAME` (latest), `NAME@vN` (or `NAME@N`), `blake3:<hex>`.
+Ref syntax accepted everywhere: `NAME` or `NAME@latest` (latest), `NAME@vN` (or `NAME@N`),
+`blake3:<hex>` (8+ hex digits of it; the store also takes bare hex digits, see `Store.resolve`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ HEAD_RECORD = "head"
 TOMBSTONE = "rm"
 _ENTRY_NAME = re.compile(r"v(\d{8})")
 _DIGEST_PREFIX = re.compile(r"blake3:[0-9a-f]{8,64}")
-_REF_SPEC = re.compile(rf"(?P<name>{REF_NAME.pattern})(?:@v?(?P<version>\d+))?")
+_REF_SPEC = re.compile(rf"(?P<name>{REF_NAME.pattern})(?:@(?:v?(?P<version>\d+)|latest))?")
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,15 @@ class RefSpec:
 
 
 def parse_ref(text: str) -> RefSpec:
-    """Parse `NAME`, `NAME@vN`, `NAME@N` or `blake3:<hex>` (a unique prefix of 8+ hex digits will do)."""
+    """Parse `NAME`, `NAME@latest`, `NAME@vN`, `NAME@N` or `blake3:<hex>` (a unique prefix of 8+
+    hex digits will do)."""
     if text.startswith("blake3:"):
         if not _DIGEST_PREFIX.fullmatch(text):
             raise InputError(f"invalid digest ref {text!r}: expected blake3: and 8 to 64 lowercase hex digits")
         return RefSpec(text, digest=text)
     match = _REF_SPEC.fullmatch(text)
     if not match or ".." in text:
-        raise InputError(f"invalid ref {text!r}: expected NAME, NAME@vN or blake3:<hex>")
+        raise InputError(f"invalid ref {text!r}: expected NAME, NAME@vN, NAME@latest or blake3:<hex>")
     version = match["version"]
     if version is not None and int(version) < 1:
         raise InputError(f"invalid ref {text!r}: versions start at v1")

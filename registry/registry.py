@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .audit import CheckReport, audit, fsck
-from .checkpoints import DEFAULT_MAX_SHARD_SIZE
-from .errors import InputError
+from .errors import InputError, NotFoundError
 from .export import ExportResult, export_bank
 from .gc import DEFAULT_GRACE_SECONDS, GcReport, collect_garbage
 from .ingest import IngestResult, ingest_folder
+from .names import check_ref_name
+from .naming import close_names
 from .provenance import Lineage, build_lineage
 from .refs import RefEntry, parse_ref
 from .remotes import DEFAULT_JOBS, Remote, TransferResult, config, transfer
@@ -44,6 +45,7 @@ class Registry:
     def __init__(self, store: str | Path | Store | None = None, *, progress: bool = False) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.progress = progress
+        self.store.progress = progress  # objects fetched on demand from lazy remotes show a bar too
 
     def ingest(
         self,
@@ -66,10 +68,10 @@ class Registry:
             force_type=force_type,
         )  # fmt: skip
 
-    def export(
-        self, ref: str, out_dir: str | Path, *, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
-    ) -> ExportResult:
-        """Write a base or adapter bank as a folder `from_pretrained` loads."""
+    def export(self, ref: str, out_dir: str | Path, *, max_shard_size: int | str | None = None) -> ExportResult:
+        """Write a base or adapter bank as a folder `from_pretrained` loads: in the source
+        checkpoint's own shards where it came from one, else as save_pretrained would shard it
+        (unless `max_shard_size` is given)."""
         return export_bank(self.store, ref, out_dir, max_shard_size=max_shard_size, show_progress=self.progress)
 
     def resolve(self, ref: str) -> str:
@@ -82,6 +84,8 @@ class Registry:
 
     def log(self, name: str) -> list[RefEntry]:
         """Every entry of ref `name` (versions and tombstones), oldest first."""
+        if not self.store.refs.versions(check_ref_name(name)):
+            raise NotFoundError(f"no ref named {name!r}" + close_names(name, self.store.refs.names()))
         return self.store.refs.history(name).entries
 
     def refs(self) -> list[RefEntry]:
@@ -121,11 +125,11 @@ class Registry:
 
     def audit(self, ref: str) -> CheckReport:
         """Re-verify `ref`'s whole closure: schemas, object digests, parents."""
-        return audit(self.store, ref)
+        return audit(self.store, ref, show_progress=self.progress)
 
     def fsck(self) -> CheckReport:
         """Verify every ref, manifest and object in the store."""
-        return fsck(self.store)
+        return fsck(self.store, show_progress=self.progress)
 
     def gc(
         self,

@@ -22,14 +22,17 @@ from .errors import InputError
 from .json_input import parse_json_object
 from .names import check_tensor_name
 
-# Byte width of every dtype safetensors can store whole-byte elements of.
+# Byte width of every dtype safetensors can store whole-byte elements of, declared in the order
+# of safetensors' own Dtype enum: `save_file` writes tensors by that order, largest first, then
+# by name (see `safetensors_order`).
 DTYPE_SIZES: dict[str, int] = {
     "BOOL": 1, "U8": 1, "I8": 1,
-    "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1,
+    "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+    "C64": 8, "F64": 8, "I64": 8, "U64": 8,
 }  # fmt: skip
+_DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(DTYPE_SIZES)}
 FLOAT_DTYPES = frozenset(d for d in DTYPE_SIZES if d.startswith(("F", "BF", "C")))
 # safetensors refuses headers above 100 MB; so do we.
 MAX_HEADER_BYTES = 100_000_000
@@ -144,6 +147,12 @@ def encode_header(tensors: Mapping[str, TensorEntry], metadata: Mapping[str, str
     raw = json.dumps(body, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % _ALIGN)
     return struct.pack("<Q", len(raw)) + raw
+
+
+def safetensors_order(name: str, dtype: str) -> tuple[int, str]:
+    """Sort key of the order safetensors' `save_file` (and so `save_pretrained`) lays tensors
+    out in a file: dtype, later enum members first, then name."""
+    return (-_DTYPE_RANK[dtype], name)
 
 
 def canonical_header(dtype: str, shape: tuple[int, ...]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .backends import Backend, LocalBackend, open_backend
@@ -12,11 +13,13 @@ from .errors import ConflictError, InputError, NotFoundError
 from .hash_cache import HashCache
 from .manifests import MANIFESTS_DIR, ManifestStore, manifest_path
 from .names import check_ref_name
+from .naming import close_names, with_article
 from .objects import ObjectStore
 from .provenance import current_agent, parents_of, utc_now
 from .refs import TOMBSTONE, RefEntry, RefStore, parse_ref
 
 ENV_HOME = "WEIGHTBANK_HOME"
+_HEX_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
 def default_location() -> str:
@@ -36,6 +39,7 @@ class Store:
         self.objects = ObjectStore(self.backend, fetch=self._fetch_missing if fetch_lazily else None)
         self.manifests = ManifestStore(self.backend)
         self.refs = RefStore(self.backend)
+        self.progress = False  # progress bars for objects fetched on demand (see remotes.lazy)
 
     @property
     def url(self) -> str:
@@ -54,7 +58,8 @@ class Store:
         return None
 
     def resolve(self, ref: str) -> str:
-        """The manifest digest a ref names (`NAME`, `NAME@vN`, `blake3:<hex or unique prefix>`)."""
+        """The manifest digest a ref names: `NAME`, `NAME@latest`, `NAME@vN`, `blake3:<hex or unique
+        prefix>`, or a bare unique prefix of 8+ hex digits where no ref has that name."""
         return self.resolve_entry(ref)[0]
 
     def resolve_entry(self, ref: str) -> tuple[str, RefEntry | None]:
@@ -64,10 +69,30 @@ class Store:
         if spec.digest is not None:
             return self._expand_digest(spec.digest), None
         assert spec.name is not None
-        if not self.refs.versions(check_ref_name(spec.name)):
-            raise NotFoundError(f"no ref named {spec.name!r} in the store at {self.url}")
+        bare_hex = spec.text == spec.name and _HEX_PREFIX.fullmatch(spec.name) is not None
+        versions = self.refs.versions(check_ref_name(spec.name))
+        if not versions:
+            if bare_hex:  # `78ba1c2d…`: a digest prefix, as git takes an abbreviated hash
+                return self._expand_digest(PREFIX + spec.name), None
+            raise NotFoundError(
+                f"no ref named {spec.name!r} in the store at {self.url}" + close_names(spec.name, self.refs.names())
+            )
+        if bare_hex and self._digest_matches(spec.name):
+            raise InputError(
+                f"{spec.name!r} is both a ref name and a manifest digest prefix: write {spec.name}@latest for the "
+                f"ref or blake3:{spec.name} for the manifest"
+            )
+        if spec.version is not None and spec.version > versions[-1]:
+            raise NotFoundError(
+                f"ref {spec.name}@v{spec.version} does not exist (its history goes up to v{versions[-1]})"
+            )
         entry = self.refs.resolve(spec.name, spec.version)
         return entry.manifest, entry
+
+    def _digest_matches(self, hex_prefix: str) -> list[str]:
+        """Manifest digests that start with `hex_prefix`."""
+        folder = self.backend.list_dir(f"{MANIFESTS_DIR}/{hex_prefix[:2]}")
+        return [PREFIX + name for name in folder if name.startswith(hex_prefix)]
 
     def _expand_digest(self, prefix: str) -> str:
         hex_prefix = prefix[len(PREFIX) :]
@@ -75,11 +100,7 @@ class Store:
             if not self.manifests.has(prefix):
                 raise NotFoundError(f"no manifest {prefix} in the store at {self.url}")
             return prefix
-        matches = [
-            PREFIX + name
-            for name in self.backend.list_dir(f"{MANIFESTS_DIR}/{hex_prefix[:2]}")
-            if name.startswith(hex_prefix)
-        ]
+        matches = self._digest_matches(hex_prefix)
         if not matches:
             raise NotFoundError(f"no manifest matches {prefix} in the store at {self.url}")
         if len(matches) > 1:
@@ -91,7 +112,7 @@ class Store:
         digest = self.resolve(ref)
         document = self.manifests.get(digest)
         if document["kind"] != "bank":
-            raise InputError(f"{ref} names a {document['kind']} manifest, not a bank")
+            raise InputError(f"{ref} names {with_article(document['kind'])} manifest, not a bank")
         return Bank(digest, document)
 
     def record(

@@ -277,6 +277,7 @@ def test_export_refuses_non_empty_folder_and_leaves_nothing(tiny_folders, wb: Cl
 
 
 def test_unknown_ref_and_bad_names(wb: Cli, tiny_folders) -> None:
+    wb.store.mkdir()  # an empty store (a missing one is another error, see test_cli_errors.py)
     assert "no ref named 'ghost'" in wb("show", "ghost", ok=False).stderr
     assert "invalid ref name" in wb("ingest", tiny_folders("llama"), "--name", "../up", ok=False).stderr
     assert "not a folder" in wb("ingest", "/definitely/missing", "--name", "x", ok=False).stderr

@@ -12,7 +12,7 @@ def test_every_read_command_speaks_json(tiny_folders, wb: Cli) -> None:
     wb("ingest", tiny_folders("llama"), "--name", "m")
     outputs = {
         "show": wb("show", "m", "--json"),
-        "log": wb("log", "m", "--json"),
+        "log": wb("log", "m", "--json", "--reverse"),
         "refs": wb("refs", "--json"),
         "lineage": wb("lineage", "m", "--json"),
         "audit": wb("audit", "m", "--json"),
@@ -36,6 +36,9 @@ def test_show_text_summarises_the_bank(tiny_folders, wb: Cli) -> None:
 
 def test_subprocess_errors_are_one_line(tmp_path: Path, tiny_folders) -> None:
     store = str(tmp_path / "store")
+    no_store = run_cli("--store", store, "log", "nobody", check=False)
+    assert no_store.returncode == 1 and no_store.stderr.startswith(f"error: no store at {store}: ")
+    (tmp_path / "store").mkdir()
     missing = run_cli("--store", store, "log", "nobody", check=False)
     assert missing.returncode == 1
     assert missing.stderr == "error: no ref named 'nobody'\n"

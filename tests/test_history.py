@@ -15,7 +15,7 @@ from helpers import Cli, make_lora, snapshot
 
 
 def _log(wb: Cli, name: str) -> list[dict]:
-    return json.loads(wb("log", name, "--json").stdout)
+    return json.loads(wb("log", name, "--json", "--reverse").stdout)  # oldest first
 
 
 def _own_objects(store: Store, ref: str, other: str) -> set[str]:

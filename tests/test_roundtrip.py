@@ -56,8 +56,16 @@ def test_sharded_checkpoint_round_trip(tiny_folders, wb: Cli, tmp_path: Path) ->
     assert len(set(index["weight_map"].values())) > 2, "the fixture must really be sharded"
     wb("ingest", source, "--name", "sharded")
 
+    same = tmp_path / "same"  # by default, the source's own shards: the very same files
+    wb("export", "sharded", same)
+    shards = sorted(set(index["weight_map"].values()))
+    assert sorted(p.name for p in same.glob("*.safetensors")) == shards
+    for shard in shards:
+        assert (same / shard).read_bytes() == (source / shard).read_bytes(), shard
+    assert json.loads((same / "model.safetensors.index.json").read_text()) == index
+
     single = tmp_path / "single"
-    wb("export", "sharded", single)
+    wb("export", "sharded", single, "--max-shard-size", "50GB")
     assert sorted(p.name for p in single.glob("*.safetensors")) == ["model.safetensors"]
     assert_bit_identical(load_folder_tensors(source), load_folder_tensors(single))
 

@@ -54,15 +54,15 @@ def test_log_and_rollback(tiny_folders, copy_folder, wb: Cli) -> None:
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     wb("ingest", folder, "--name", "model", "-m", "second")
 
-    history = json.loads(wb("log", "model", "--json").stdout)
+    history = json.loads(wb("log", "model", "--json", "--reverse").stdout)
     assert [e["version"] for e in history] == [1, 2]
     assert [e["message"] for e in history] == ["first", "second"]
     assert history[0]["target"] != history[1]["target"]
-    text_log = wb("log", "model").stdout.splitlines()
-    assert text_log[0].startswith("v1 ") and "second" in text_log[1]
+    text_log = wb("log", "model").stdout.splitlines()  # newest first, as git log
+    assert text_log[0].startswith("v2 ") and "second" in text_log[0] and text_log[1].startswith("v1 ")
 
     wb("rollback", "model", "--to", "1")
-    history = json.loads(wb("log", "model", "--json").stdout)
+    history = json.loads(wb("log", "model", "--json", "--reverse").stdout)
     assert [e["version"] for e in history] == [1, 2, 3]
     assert history[2]["target"] == history[0]["target"]
     assert (history[2]["action"], history[2]["rollback_to"]) == ("rollback", 1)

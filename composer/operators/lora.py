@@ -7,6 +7,8 @@
       adapters:                 # …or several, summed: ΔW = Σ weightᵢ · scaleᵢ · Bᵢ Aᵢ
         - {bank: math@v1, weight: 0.7}
         - {bank: code@v1, weight: 0.3}
+    - op: adapter.lora
+      adapters: [math@v1, code@v1]   # short form: weight 1.0 each
       check_base: true          # refuse adapters recorded against another base (default)
       untie: false              # tied embedding/head: keep each module's own weight (see below)
 
@@ -91,7 +93,7 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
         try:
             _check_supported(bank, ref)
             if check_base:
-                _check_base(bank, ref, source.base)
+                _check_base(bank, ref, source)
             modules, replacements = _group(bank)
         except PlanProblem as exc:
             problems.extend(exc.problems)
@@ -209,11 +211,12 @@ def _adapter_list(step: Mapping[str, Any]) -> list[tuple[str, float]]:
         raise PlanProblem("give either 'bank' (one adapter) or 'adapters' (a list of {bank, weight})")
     items = [{"bank": step["bank"], "weight": step.get("weight", 1.0)}] if "bank" in step else step["adapters"]
     if not isinstance(items, list) or not items:
-        raise PlanProblem("'adapters' must be a non-empty list of {bank, weight}")
+        raise PlanProblem("'adapters' must be a non-empty list of refs or {bank, weight}")
     result = []
-    for item in items:
+    for entry in items:
+        item = {"bank": entry} if isinstance(entry, str) else entry  # short form `adapters: [a, b]`: weight 1.0
         if not isinstance(item, dict) or not isinstance(item.get("bank"), str) or set(item) - {"bank", "weight"}:
-            raise PlanProblem(f"adapter entry {item!r} must be {{bank: REF, weight: NUMBER}}")
+            raise PlanProblem(f"adapter entry {entry!r} must be a ref or {{bank: REF, weight: NUMBER}}")
         weight = item.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise PlanProblem(f"weight of {item['bank']} must be a finite number, got {weight!r}")
@@ -242,12 +245,12 @@ def _check_supported(bank: Bank, ref: str) -> None:
         raise PlanProblem(*problems)
 
 
-def _check_base(bank: Bank, ref: str, base: Bank) -> None:
+def _check_base(bank: Bank, ref: str, source: BankSource) -> None:
     recorded = [p.digest for p in bank.parents if p.role == "base"]
-    if recorded and base.digest not in recorded:
+    if recorded and source.base.digest not in recorded:
         raise PlanProblem(
-            f"{ref} was trained on base {recorded[0]}, not on this composition's base {base.digest} "
-            "(set check_base: false to apply it anyway)"
+            f"{ref} was trained on base {source.describe(recorded[0])}, not on this composition's base "
+            f"{source.describe(source.base.digest)} (set check_base: false to apply it anyway)"
         )
 
 

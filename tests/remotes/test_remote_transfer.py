@@ -163,7 +163,7 @@ def test_rollback_on_a_remote_is_pull_rollback_push(remote, tiny_folders, tmp_pa
     b("rollback", "m", "--to", "1")
     assert _json(b("push", "origin", "m", "--json"))["refs"] == ["m@v3"]
     assert _json(a("pull", "origin", "m", "--json"))["refs"] == ["m@v3"]
-    log = _json(a("log", "m", "--json"))
+    log = _json(a("log", "m", "--json", "--reverse"))
     assert log[2]["rollback_to"] == 1 and log[2]["target"] == log[0]["target"]
 
 
