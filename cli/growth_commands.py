@@ -166,6 +166,10 @@ _AXIS_STEPS = {
 }
 
 
+# Options that belong to one axis's step when several are grown at once.
+_AXIS_OPTIONS = {"placement": "depth", "ffn_factor": "hidden"}
+
+
 def _steps(
     ctx: click.Context, ref: str, plan_index: int | None, target: str | None, options: dict[str, Any]
 ) -> list[Any]:
@@ -189,4 +193,10 @@ def _steps(
         raise InputError("give --depth, --ffn, --heads, --kv-heads or --hidden (several make one recipe), or --plan K")
     if "method" in extras and len(chosen) > 1:
         raise InputError("--method names one axis's construction: give it with a single growth option")
-    return [{**_AXIS_STEPS[key](value), **extras} for key, value in chosen.items()]
+    for option, axis in _AXIS_OPTIONS.items():
+        if option in extras and axis not in chosen:
+            raise InputError(f"--{option.replace('_', '-')} goes with --{axis}")
+    return [
+        {**_AXIS_STEPS[key](value), **{k: v for k, v in extras.items() if _AXIS_OPTIONS.get(k, key) == key}}
+        for key, value in chosen.items()
+    ]

@@ -87,6 +87,7 @@ BAD_INPUT: dict[str, list[Bad]] = {
         Bad("expand", "m", "--name", "y", "--depth", "1"),
         Bad("expand", "m", "--name", "y", "--depth", "4", "--ffn", "256", "--method", "zero"),
         Bad("expand", "m", "--name", "y", "--plan", "99", "--target-params", "200K"),
+        Bad("expand", "m", "--name", "y", "--ffn", "256", "--placement", "interior"),
     ],
     "remote add": [Bad("remote", "add", "o", "ftp://x"), Bad("remote", "add", "../o", "file:///tmp/x")],
     "remote ls": [Bad("remote", "ls", "extra"), Bad("remote", "ls", store="missing")],

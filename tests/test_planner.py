@@ -102,3 +102,15 @@ def test_expand_plan_k_is_what_plan_printed(wb: Cli, tiny_folders) -> None:
         made = json.loads(wb("expand", "tiny", "--name", f"grown{k}", "--plan", str(k), "--target-params", "300K",
                              "--json").stdout)  # fmt: skip
         assert made["steps"] == table[k]["steps"] and made["parameters"] == table[k]["parameters"]
+
+
+def test_axis_options_go_with_their_axis(wb: Cli, tiny_folders) -> None:
+    wb("ingest", tiny_folders("llama"), "--name", "tiny")
+    made = json.loads(wb("expand", "tiny", "--name", "placed", "--depth", "4", "--ffn", "256",
+                         "--placement", "interior", "--json").stdout)  # fmt: skip
+    assert made["steps"] == [
+        {"op": "expand.ffn", "size": 256},
+        {"op": "expand.depth", "layers": 4, "placement": "interior"},
+    ]
+    refused = wb("expand", "tiny", "--name", "p2", "--ffn", "256", "--placement", "interior", ok=False)
+    assert refused.stderr == "error: --placement goes with --depth\n"
