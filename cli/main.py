@@ -277,10 +277,12 @@ def fsck(ctx: click.Context, remote: str | None, as_json: bool) -> None:
     """Verify every ref, manifest and object in the store (--repair: fetch bad objects again)."""
     reg = registry(ctx)
     report = reg.fsck()
-    if remote is not None and report.bad_objects:
-        for digest in reg.repair(remote, report.bad_objects):
+    if remote is not None:  # an unknown remote is an error even when nothing needs repair
+        repaired = reg.repair(remote, report.bad_objects)
+        for digest in repaired:
             click.echo(f"repaired object {digest} from {remote}", err=True)
-        report = reg.fsck()
+        if repaired:
+            report = reg.fsck()
     _report(report, as_json, "store")
 
 

@@ -61,7 +61,12 @@ BAD_INPUT: dict[str, list[Bad]] = {
         Bad("lineage", "m", "--format", "gif"),
     ],
     "audit": [Bad("audit", "ghost"), Bad("audit", "m", store="missing")],
-    "fsck": [Bad("fsck", "--bogus"), Bad("fsck", "--repair"), Bad("fsck", store="missing")],
+    "fsck": [
+        Bad("fsck", "--bogus"),
+        Bad("fsck", "--repair"),
+        Bad("fsck", "--repair", "ghost"),
+        Bad("fsck", store="missing"),
+    ],
     "gc": [Bad("gc", "--grace", "soon"), Bad("gc", "--keep-last", "-1"), Bad("gc", store="missing")],
     "demo": [Bad("demo", "--bogus")],
     "compose": [
