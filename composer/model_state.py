@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,3 +55,15 @@ def check_parameters(step: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(step) - allowed - {"op"})
     if unknown:
         raise PlanProblem(f"unknown parameter(s) {', '.join(unknown)} (accepted: {', '.join(sorted(allowed))})")
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def float32_number(value: Any, what: str) -> float:
+    """A step's number that the float32 arithmetic can hold (finite, not a bool, |x| ≤ 3.4e38)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PlanProblem(f"{what} must be a finite number, got {value!r}")
+    if abs(value) > FLOAT32_MAX:
+        raise PlanProblem(f"{what} is {value!r}, beyond what float32 arithmetic can hold (±3.4e38)")
+    return float(value)

@@ -265,3 +265,9 @@ def test_compose_with_device_map_auto(lora_store: Cli, tmp_path: Path) -> None:
     with torch.no_grad():
         auto_logits = model(TOKENS.to(model.device)).logits.float().cpu()
     assert (auto_logits - logits(reference)).abs().max().item() < 1e-3
+
+
+def test_a_weight_float32_cannot_hold_is_refused(lora_store: Cli, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.json", [{"op": "adapter.lora", "bank": "lora", "weight": 1e39}])
+    line = lora_store("compose", spec, "--dry-run", ok=False).stderr
+    assert line.count("\n") == 1 and "weight of lora is 1e+39, beyond what float32 arithmetic can hold" in line

@@ -42,7 +42,7 @@ from weightbank.registry.banks import Bank, TensorRecord
 from weightbank.registry.errors import InputError
 from weightbank.registry.peft_adapter import classify_key
 
-from ..model_state import BankSource, ModelState, PlanProblem, check_parameters, load
+from ..model_state import BankSource, ModelState, PlanProblem, check_parameters, float32_number, load
 from ..oracle import OracleContext
 from ..tasks import Add, LowRankTerm, LowRankUpdate, Normalize, Scale, ShapeError, Task
 from ..tied_head import TiedPair, tied_pair
@@ -217,10 +217,7 @@ def _adapter_list(step: Mapping[str, Any]) -> list[tuple[str, float]]:
         item = {"bank": entry} if isinstance(entry, str) else entry  # short form `adapters: [a, b]`: weight 1.0
         if not isinstance(item, dict) or not isinstance(item.get("bank"), str) or set(item) - {"bank", "weight"}:
             raise PlanProblem(f"adapter entry {entry!r} must be a ref or {{bank: REF, weight: NUMBER}}")
-        weight = item.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise PlanProblem(f"weight of {item['bank']} must be a finite number, got {weight!r}")
-        result.append((item["bank"], float(weight)))
+        result.append((item["bank"], float32_number(item.get("weight", 1.0), f"weight of {item['bank']}")))
     return result
 
 
