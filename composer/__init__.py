@@ -10,23 +10,28 @@ from .api import compose, load_tokenizer, plan, save_model, verify_composition, 
 from .expansion import ExpansionResult, expand, ingest_trained
 from .plan import CompositionWarning, Plan, PlanError
 from .planner import Candidate, candidates
+from .prism import BridgedModel, PrismBridge, compose_bridged, load_bridge
 from .verify import VerifyReport
 from .write import ComposeResult
 
 __all__ = [
+    "BridgedModel",
     "Candidate",
     "ComposeResult",
     "CompositionWarning",
     "ExpansionResult",
     "Plan",
     "PlanError",
+    "PrismBridge",
     "VerifyReport",
     "analyze",
     "candidates",
     "compose",
+    "compose_bridged",
     "count_parameters",
     "expand",
     "ingest_trained",
+    "load_bridge",
     "load_tokenizer",
     "plan",
     "save_model",

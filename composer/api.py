@@ -62,8 +62,12 @@ def compose(
     """
     resolved = _store(store)
     the_plan = _warned_plan(resolved, spec, dtype)
-    model = build_model(the_plan, Executor(resolved, "cpu" if device == "auto" else device), device)
-    return model, load_tokenizer(resolved, the_plan)
+    return build_planned(the_plan, resolved, device), load_tokenizer(resolved, the_plan)
+
+
+def build_planned(the_plan: Plan, store: Store, device: str | torch.device = "cpu") -> PreTrainedModel:
+    """The model of an already validated plan, built on `device` (as `compose` does)."""
+    return build_model(the_plan, Executor(store, "cpu" if device == "auto" else device), device)
 
 
 def write(

@@ -22,6 +22,8 @@ _EXPORTS = {
     "Registry": "weightbank.registry",
     "WeightbankError": "weightbank.registry",
     "compose": "weightbank.composer",
+    "compose_bridged": "weightbank.composer",
+    "load_bridge": "weightbank.composer",
     "plan": "weightbank.composer",
 }
 
