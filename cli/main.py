@@ -15,6 +15,7 @@ from .context import BROKEN_PIPE_STATUS, WeightbankGroup, json_option, registry,
 from .growth_commands import analyze, expand, plan_command
 from .lineage_output import LINEAGE_FORMATS
 from .output import human_bytes, print_json, print_table
+from .prism_commands import prism
 from .remote_commands import pull, push, remote
 
 
@@ -369,6 +370,7 @@ cli.add_command(expand)
 cli.add_command(remote)
 cli.add_command(push)
 cli.add_command(pull)
+cli.add_command(prism)
 
 
 def main() -> None:

@@ -51,6 +51,10 @@ def _type_rows(bank: Any) -> list[tuple[str, str]]:
         return _expansion_rows(bank)
     if bank.type == "adapter":
         return _adapter_rows(bank)
+    if bank.type == "prism":
+        from .prism_commands import grid_rows
+
+        return grid_rows(bank.document["grid"])
     return []
 
 
