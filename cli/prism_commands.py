@@ -394,8 +394,8 @@ def grid_rows(grid: dict[str, Any]) -> list[tuple[str, str]]:
         ("independent tiles", f"{_quality(seed['summed'])} summed, {_quality(seed['averaged'])} averaged "
                               "(the seed design; not least squares)"),
         ("condition number", "singular" if fit["condition_number"] is None else f"{fit['condition_number']:.3g}"),
-        ("time", f"{seconds['total']:.2f} s (collect {seconds['collect']:.2f} s, solve {seconds['solve']:.2f} s), "
-                 f"{fit['samples_per_second']:,.0f} samples/s"),
+        ("time", f"{seconds['total']:.2f} s (collect {seconds['collect']:.2f} s, solve {seconds['solve']:.2f} s, "
+                 f"report {seconds['report']:.2f} s); {fit['samples_per_second']:,.0f} samples/s collected and solved"),
     ]  # fmt: skip
     if "refit" in grid:
         refit = grid["refit"]

@@ -183,3 +183,18 @@ def test_prism_commands_refuse_bad_input_with_one_line(wb: Cli, store_dir: Path,
     assert "independent tiles" in shown and "dense lstsq" in shown
     document = json.loads(wb("show", "ok", "--json").output)["manifest"]
     assert document["type"] == "prism" and document["tensors"]["grid"]["shape"] == [4, 32, 48]
+
+
+def test_ridge_is_sklearns_ridge(tmp_path: Path) -> None:
+    """λ penalises ‖W‖² on the sum-of-squares scale and never the bias: sklearn's Ridge(alpha=λ)."""
+    sklearn_linear = pytest.importorskip("sklearn.linear_model")
+    x, z = correlated(64, seed=4, rows=1024, noise=1.0)
+    store = Store(tmp_path / "store")
+    pairs = ActivationFiles(*write_pairs(tmp_path, x, z), holdout=0.0, seed=0)
+    report = fit(store, "ridge", pairs, sides(64), ridge=500.0).report
+    bridge = load_bridge("ridge", store=store)
+    oracle = sklearn_linear.Ridge(alpha=500.0, solver="cholesky").fit(x.double().numpy(), z.double().numpy())
+    assert np.allclose(bridge.weight.double().numpy(), oracle.coef_, atol=1e-5 * np.abs(oracle.coef_).max())
+    assert np.allclose(bridge.bias.double().numpy(), oracle.intercept_, atol=1e-4)
+    # The ridge costs some train fit: the report shows the gap to the dense least squares.
+    assert 0 < report["dense_lstsq"]["r2"] - report["train"]["r2"] < 1e-2 and report["ridge"] == 500.0

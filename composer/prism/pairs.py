@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors import safe_open
 
 from weightbank.registry.errors import InputError
-from weightbank.registry.safetensors_format import FLOAT_DTYPES, read_header
+from weightbank.registry.safetensors_format import DTYPE_SIZES, FLOAT_DTYPES, read_header
+
+from ..dtypes import to_torch
 
 # Rows per batch are chosen so that one batch of x and z is about this big in float32.
 _BATCH_BYTES = 64 << 20
@@ -60,11 +62,23 @@ def check_finite(rows: torch.Tensor, first_row: int, source: str) -> None:
 
 @dataclass(frozen=True)
 class _Matrix:
+    """Where a file's [rows, width] tensor lies: read in row ranges with plain reads (a
+    memory map would leave every page it touched resident in the process)."""
+
     path: Path
-    key: str
+    dtype: str
+    offset: int  # of the first row, from the start of the file
     rows: int
     width: int
     itemsize: int
+
+    def read(self, stream: BufferedReader, start: int, stop: int) -> torch.Tensor:
+        row_bytes = self.width * self.itemsize
+        buffer = bytearray((stop - start) * row_bytes)
+        stream.seek(self.offset + start * row_bytes)
+        if stream.readinto(buffer) != len(buffer):
+            raise InputError(f"{self.path}: the file is shorter than its header says")
+        return torch.frombuffer(buffer, dtype=to_torch(self.dtype)).reshape(stop - start, self.width)
 
 
 def _matrix(path: Path, what: str) -> _Matrix:
@@ -85,7 +99,7 @@ def _matrix(path: Path, what: str) -> _Matrix:
         raise InputError(f"{path}: activations of width 0 ([N, 0]): there is nothing to bridge")
     if rows == 0:
         raise InputError(f"{path}: no rows ([0, {width}])")
-    return _Matrix(path, key, rows, width, entry.nbytes // (rows * width))
+    return _Matrix(path, entry.dtype, header.data_start + entry.begin, rows, width, DTYPE_SIZES[entry.dtype])
 
 
 class ActivationFiles:
@@ -106,11 +120,10 @@ class ActivationFiles:
 
     def batches(self) -> Iterator[PairBatch]:
         step = max(1, _BATCH_BYTES // (4 * (self.in_features + self.out_features)))
-        with safe_open(self.x.path, "pt") as xs, safe_open(self.z.path, "pt") as zs:
-            x_rows, z_rows = xs.get_slice(self.x.key), zs.get_slice(self.z.key)
+        with self.x.path.open("rb") as xs, self.z.path.open("rb") as zs:
             for start in range(0, self.x.rows, step):
                 stop = min(start + step, self.x.rows)
-                x, z = x_rows[start:stop], z_rows[start:stop]
+                x, z = self.x.read(xs, start, stop), self.z.read(zs, start, stop)
                 check_finite(x, start, str(self.x.path))
                 check_finite(z, start, str(self.z.path))
                 size = (stop - start) * (self.x.width * self.x.itemsize + self.z.width * self.z.itemsize)
