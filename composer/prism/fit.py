@@ -86,7 +86,7 @@ def tile_grid(out_features: int, in_features: int, tiles: int | None, grid: str 
 def accumulate(source: PairSource, device: str, show_progress: bool) -> tuple[Moments, Moments, float]:
     """Train and held-out moments of every pair the source yields, and the seconds it took."""
     start = time.perf_counter()
-    moments = SplitMoments(device)
+    moments = SplitMoments("cpu" if device == "auto" else device)
     with byte_progress(source.total_bytes, "pairs", show_progress) as advance:
         for batch in source.batches():
             if batch.x.shape[1] != source.in_features or batch.z.shape[1] != source.out_features:
@@ -136,10 +136,10 @@ def fit(
         raise InputError(f"--method {method!r}: choose joint or backfit")
     if not ridge >= 0:
         raise InputError(f"--ridge must be a non-negative number, not {ridge}")
-    for side, width in zip(sides, (source.in_features, source.out_features), strict=True):
+    for role, side, width in zip(("source", "target"), sides, (source.in_features, source.out_features), strict=True):
         if side.hidden != width:
             raise InputError(
-                f"the activations are {width} wide, but the model at that side has hidden size {side.hidden}"
+                f"the {role} activations are {width} wide, but the {role} model has hidden size {side.hidden}"
             )
     layout = tile_grid(source.out_features, source.in_features, tiles, grid)
     train, heldout, collect_seconds = accumulate(source, device, show_progress)
