@@ -35,9 +35,8 @@ def _pair_options(command: Any) -> Any:
             click.option(
                 "--pool",
                 type=click.Choice(["tokens", "line"]),
-                default="tokens",
-                show_default=True,
-                help="Pair tokens (same tokenizer) or one mean-pooled pair per line (needed when they differ).",
+                help="Pair tokens (same tokenizer) or one mean-pooled pair per line (needed when they differ) "
+                "[default: tokens; refit: as the fit].",
             ),
             click.option(
                 "--holdout",
@@ -201,6 +200,7 @@ def fit_command(
     from weightbank.composer.prism import fit
     from weightbank.registry.progress import progress_wanted
 
+    options["pool"] = options["pool"] or "tokens"
     pairs, sides = _source(ctx, options, (source_spec, target_spec), (source_tap, target_tap))
     result = fit(
         registry(ctx).store,
@@ -256,6 +256,7 @@ def refit_command(
         source_spec if source_spec is not None else grid["source"].get("composition"),
         target_spec if target_spec is not None else grid["target"].get("composition"),
     )
+    options["pool"] = options["pool"] or ("line" if grid["fit"]["pairing"] == "line" else "tokens")
     pairs, _ = _source(ctx, options, specs, (grid["source"]["tap"], grid["target"]["tap"]))
     result = refit(
         store,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import Result
 from safetensors.torch import save_file
 
 from weightbank.composer.prism import ActivationFiles, fit, load_bridge, refit
@@ -46,6 +47,13 @@ def numpy_lstsq(x: torch.Tensor, z: torch.Tensor) -> tuple[np.ndarray, float]:
     solution = np.linalg.lstsq(design, target, rcond=None)[0]
     residual = ((target - design @ solution) ** 2).sum()
     return solution[:-1].T, 1 - residual / ((target - target.mean(0)) ** 2).sum()
+
+
+def assert_refused(result: Result, expected: str) -> None:
+    """One line on stderr, `error: …` naming the problem, exit status 1."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (expected, result.stderr)
+    assert expected in lines[0], (expected, lines[0])
 
 
 def sides(d_b: int) -> tuple[SideRecord, SideRecord]:
@@ -164,21 +172,24 @@ def test_prism_commands_refuse_bad_input_with_one_line(wb: Cli, store_dir: Path,
     }
     before = snapshot(store_dir)
     for expected, args in cases.items():
-        result = wb("prism", "fit", "--name", "bad", *args, ok=False)
-        lines = result.stderr.strip().splitlines()
-        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (expected, result.stderr)
-        assert expected in lines[0], (expected, lines[0])
+        assert_refused(wb("prism", "fit", "--name", "bad", *args, ok=False), expected)
         assert snapshot(store_dir) == before, expected
     for expected, args in {
         "tile 16 does not exist": ["ok", "--tiles", "2,16", "--x", good_x, "--z", good_z],
         "give tile numbers": ["ok", "--tiles", "2,x", "--x", good_x, "--z", good_z],
         "no ref named 'ghost'": ["ghost", "--tiles", "1", "--x", good_x, "--z", good_z],
     }.items():
-        result = wb("prism", "refit", *args, ok=False)
-        assert result.exit_code == 1 and result.stderr.startswith("error: ") and expected in result.stderr, (
-            result.stderr
-        )
-        assert len(result.stderr.strip().splitlines()) == 1 and snapshot(store_dir) == before
+        assert_refused(wb("prism", "refit", *args, ok=False), expected)
+        assert snapshot(store_dir) == before, expected
+    text = tmp_path / "some.txt"
+    text.write_text("a line of text\n")
+    for expected, args in {
+        "no such file": ["ok", "--text", tmp_path / "missing.txt"],
+        "fitted without a source model on record: give --source SPEC": ["ok", "--text", text],
+        "no ref named 'ghost'": ["ghost", "--text", text],
+    }.items():
+        assert_refused(wb("prism", "eval", *args, ok=False), expected)
+        assert snapshot(store_dir) == before, expected
     shown = wb("show", "ok").output
     assert "independent tiles" in shown and "dense lstsq" in shown
     document = json.loads(wb("show", "ok", "--json").output)["manifest"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_prism import assert_refused
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, Qwen2Tokenizer
 
@@ -24,53 +25,16 @@ from weightbank.composer.prism.taps import Tap, run_to_tap
 from helpers import Cli, snapshot
 
 VOCAB = 320
-WORDS = [
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "sat",
-    "ran",
-    "on",
-    "under",
-    "mat",
-    "log",
-    "red",
-    "blue",
-    "big",
-    "small",
-    "quick",
-    "slow",
-    "fox",
-    "jumps",
-    "over",
-    "lazy",
-    "bird",
-    "sings",
-    "tree",
-    "house",
-    "river",
-    "flows",
-    "stone",
-    "moon",
-    "sun",
-    "light",
-    "dark",
-    "night",
-    "day",
-    "walks",
-    "talks",
-    "eats",
-    "sleeps",
-    "green",
-    "old",
-    "new",
-]
+FIT = ["prism", "fit", "--source", "tl", "--target", "tq", "--name"]
+WORDS = (
+    "the a cat dog sat ran on under mat log red blue big small quick slow fox jumps over lazy "
+    "bird sings tree house river flows stone moon sun light dark night day walks talks eats sleeps green old new"
+)
 
 
 def sentences(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(count)]
+    return [" ".join(rng.choice(WORDS.split()) for _ in range(rng.randint(6, 14))) for _ in range(count)]
 
 
 def save_bpe_tokenizer(folder: Path, lines: list[str], vocab_size: int) -> None:
@@ -109,21 +73,7 @@ def test_llama_to_qwen2_bridge_from_text_end_to_end(pair_world: dict[str, Path],
         wb("ingest", pair_world[folder], "--name", name)
     fitted = json.loads(
         wb(
-            "prism",
-            "fit",
-            "--name",
-            "lq",
-            "--source",
-            "tl",
-            "--target",
-            "tq",
-            "--text",
-            pair_world["train"],
-            "--source-tap",
-            "layer.0",
-            "--target-tap",
-            "layer.0",
-            "--json",
+            *FIT, "lq", "--text", pair_world["train"], "--source-tap", "layer.0", "--target-tap", "layer.0", "--json"
         ).output
     )
     report = fitted["grid"]["fit"]
@@ -168,20 +118,7 @@ def test_llama_to_qwen2_bridge_from_text_end_to_end(pair_world: dict[str, Path],
 def test_default_taps_bridge_final_state_into_input_embeddings(pair_world: dict[str, Path], wb: Cli) -> None:
     for name, folder in (("tl", "llama"), ("tq", "qwen")):
         wb("ingest", pair_world[folder], "--name", name)
-    wb(
-        "prism",
-        "fit",
-        "--name",
-        "fe",
-        "--source",
-        "tl",
-        "--target",
-        "tq",
-        "--text",
-        pair_world["train"],
-        "--tiles",
-        "6",
-    )
+    wb(*FIT, "fe", "--text", pair_world["train"], "--tiles", "6")
     model = weightbank.compose_bridged("tl", "fe", "tq", store=wb.store)
     ids = torch.tensor([model.tokenizer("the red fox sleeps under the old tree").input_ids])
     llama = AutoModelForCausalLM.from_pretrained(pair_world["llama"]).eval()
@@ -204,10 +141,7 @@ def test_bad_model_input_is_refused_with_one_line(pair_world: dict[str, Path], w
         "tl has no such tap (it has 2 layers": ["--target", "tq", "--source-tap", "layer.7"],
         "running a model from its final hidden state": ["--target", "tq", "--target-tap", "final"],
     }.items():
-        result = wb(*common, *args, ok=False)
-        lines = result.stderr.strip().splitlines()
-        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-        assert expected in lines[0], lines[0]
+        assert_refused(wb(*common, *args, ok=False), expected)
         assert snapshot(store_dir) == before
     pooled = json.loads(wb(*common, "--target", "tq-other", "--pool", "line", "--json").output)["grid"]["fit"]
     assert pooled["pairing"] == "line" and pooled["rows"]["train"] + pooled["rows"]["heldout"] == 80

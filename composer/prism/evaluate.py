@@ -65,13 +65,13 @@ def evaluate(
     (or `source` / `target` instead)."""
     bank = prism_bank(store, ref)
     grid = bank.document["grid"]
+    lines = read_lines(text)
     specs = []
     for role, given in (("source", source), ("target", target)):
         spec = given if given is not None else grid[role].get("composition")
         if spec is None:
             raise InputError(f"{ref} was fitted without a {role} model on record: give --{role} SPEC")
         specs.append((spec, given or f"the {role} model of {ref}"))
-    lines = read_lines(text)
     side_a = open_side(store, specs[0][0], specs[0][1], grid["source"]["tap"], "source", None)
     side_b = open_side(store, specs[1][0], specs[1][1], grid["target"]["tap"], "target", None)
     pool = grid["fit"]["pairing"] if grid["fit"]["pairing"] in ("tokens", "line") else "auto"
