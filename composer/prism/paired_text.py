@@ -22,7 +22,7 @@ from weightbank.registry.store import Store
 from ..api import build_planned, load_tokenizer
 from ..architectures import Layout
 from ..plan import Plan, make_plan
-from .pairs import PairBatch, check_finite, heldout_mask
+from .pairs import PairBatch, heldout_mask
 from .taps import Tap, parse_tap, run_to_tap
 
 POOLS = ("tokens", "line")
@@ -90,6 +90,7 @@ class LineBatch:
     mask_b: torch.Tensor
     heldout: torch.Tensor  # [lines] bool
     bytes: int
+    first_line: int  # 0-based number of the batch's first line in the text
 
 
 def _padded(rows: list[list[int]], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +124,9 @@ class PairedText:
             raise InputError(f"--pool {pool!r}: choose tokens or line")
         self.store, self.source, self.target, self.lines = store, source, target, lines
         self.device, self.batch_lines = device, batch_lines
+        # One length for both, so that truncation alone never makes shared tokens differ.
+        length = min(_max_length(side.plan.config, max_length) for side in (source, target))
         for side in (source, target):
-            length = _max_length(side.plan.config, max_length)
             side.ids = side.tokenizer(lines, add_special_tokens=True, truncation=True, max_length=length)["input_ids"]
         self.same_tokens = source.ids == target.ids
         if pool == "auto":  # evaluation of a bridge fitted from files: pair tokens when they are the same
@@ -154,7 +156,7 @@ class PairedText:
             ids_a, mask_a = _padded(self.source.ids[start:stop], self.device)
             ids_b, mask_b = _padded(self.target.ids[start:stop], self.device)
             size = sum(len(line.encode()) for line in self.lines[start:stop])
-            yield LineBatch(ids_a, mask_a, ids_b, mask_b, self.heldout[start:stop], size)
+            yield LineBatch(ids_a, mask_a, ids_b, mask_b, self.heldout[start:stop], size, start)
 
     def pairs(self, batch: LineBatch) -> PairBatch:
         """The paired activations of one batch of lines."""
@@ -171,8 +173,11 @@ class PairedText:
             x = _line_means(hidden_a, valid_a)[keep]
             z = _line_means(hidden_b, valid_b)[keep]
             lines = torch.arange(len(keep), device=keep.device)[keep]
-        check_finite(x, 0, f"{self.source.label} at {self.source.tap}")
-        check_finite(z, 0, f"{self.target.label} at {self.target.tap}")
+        for side, rows in ((self.source, x), (self.target, z)):
+            bad = ~torch.isfinite(rows).all(dim=1)
+            if bool(bad.any()):
+                line = batch.first_line + int(lines[bad.nonzero()[0]]) + 1
+                raise InputError(f"{side.label} at {side.tap}: activations are not finite (NaN or inf) on line {line}")
         return PairBatch(x, z, batch.heldout.to(lines.device)[lines], batch.bytes)
 
     def batches(self) -> Iterator[PairBatch]:
