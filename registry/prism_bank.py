@@ -62,6 +62,7 @@ def record_prism_bank(
     The manifest is built and schema-validated before anything is written; then objects come
     first, the manifest next, the ref last."""
     check_ref_name(name)
+    store.check_type(name, "prism")
     tensors = {GRID_TENSOR: grid_tensor, BIAS_TENSOR: bias}
     records = {
         key: TensorRecord(tensor_object_digest(t.dtype, t.shape, t.data), t.dtype, t.shape, len(t.data))

@@ -152,6 +152,9 @@ def test_bad_model_input_is_refused_with_one_line(pair_world: dict[str, Path], w
     }.items():
         assert_refused(wb(*common, *args, ok=False), expected)
         assert snapshot(store_dir) == before
+    typo = ["prism", "fit", "--name", "tq", "--source", "tl", "--target", "tq", "--text", pair_world["train"]]
+    assert_refused(wb(*typo, ok=False), "tq holds base banks")
+    assert snapshot(store_dir) == before
     pooled = json.loads(wb(*common, "--target", "tq-other", "--pool", "line", "--json").output)["grid"]["fit"]
     assert pooled["pairing"] == "line" and pooled["rows"]["train"] + pooled["rows"]["heldout"] == 80
     with pytest.raises(weightbank.WeightbankError, match="has hidden size 96, but the bridge's source side is 64"):

@@ -132,6 +132,7 @@ def fit(
     version of prism bank `name`. Every check on the input happens before any row is summed;
     nothing is written unless the fit succeeds."""
     check_ref_name(name)
+    store.check_type(name, "prism")  # before any work: a typo must not end with a refusal to record
     if method not in METHODS:
         raise InputError(f"--method {method!r}: choose joint or backfit")
     if not ridge >= 0:
