@@ -49,7 +49,7 @@ def worker_lstsq(x_path: str, z_path: str) -> None:
     (`gels`: X has full rank). Its default CPU driver, `gelsy`, drops every direction below
     eps·max(N, d) ≈ 2.4% of the largest singular value for N = 200k: R² 0.84 here."""
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     x, z = load_file(x_path)["x"], load_file(z_path)["z"]
     start = time.perf_counter()
@@ -57,19 +57,22 @@ def worker_lstsq(x_path: str, z_path: str) -> None:
     z -= z.mean(0)
     solution = torch.linalg.lstsq(x, z, driver="gels").solution
     seconds = time.perf_counter() - start
+    save_file({"w": solution.T.contiguous()}, str(Path(x_path).with_name("w-lstsq.safetensors")))
     residual = z - x @ solution
     r2 = 1 - float(residual.double().square().sum() / z.double().square().sum())
     print(json.dumps({"solve_seconds": seconds, "r2": r2}))
 
 
 def worker_sklearn(x_path: str, z_path: str, alpha: str) -> None:
-    from safetensors.torch import load_file
+    import torch
+    from safetensors.torch import load_file, save_file
     from sklearn.linear_model import Ridge
 
     x, z = load_file(x_path)["x"].numpy(), load_file(z_path)["z"].numpy()
     start = time.perf_counter()
     model = Ridge(alpha=float(alpha)).fit(x, z)
     seconds = time.perf_counter() - start
+    save_file({"w": torch.from_numpy(model.coef_).contiguous()}, str(Path(x_path).with_name("w-sklearn.safetensors")))
     # R² pooled over the outputs, as weightbank reports it (sklearn's score averages per output).
     residual = ((z - model.predict(x)).astype("float64") ** 2).sum()
     print(json.dumps({"solve_seconds": seconds, "r2": 1 - residual / ((z - z.mean(0)).astype("float64") ** 2).sum()}))
@@ -142,6 +145,21 @@ def layout_costs(store: Path, tiles_count: int) -> dict[str, float]:
             "tile_bytes": tiles[0].numel() * 4, "tiles": tiles_count}  # fmt: skip
 
 
+def weight_gaps(store: Path, work: Path) -> dict[str, float]:
+    """max |W_peer − W| / max |W| against weightbank's float64 solve (stored in float32)."""
+    from safetensors.torch import load_file
+
+    import weightbank
+
+    ours = weightbank.load_bridge("bench@v1", store=str(store)).weight.double()
+    gaps = {}
+    for peer in ("lstsq", "sklearn"):
+        path = work / f"w-{peer}.safetensors"
+        if path.exists():
+            gaps[peer] = float((load_file(str(path))["w"].double() - ours).abs().max() / ours.abs().max())
+    return gaps
+
+
 def store_bytes(store: Path) -> int:
     return sum(p.stat().st_size for p in (store / "objects").rglob("*") if p.is_file())
 
@@ -184,20 +202,22 @@ def main() -> None:
                                    [*wb, "refit", "bench", "--tiles", "0", "--x", x, "--z", z, "--holdout", "0",
                                     "--json"], work / "refit.json")  # fmt: skip
     refit_bytes = store_bytes(store) - before
+    gaps = weight_gaps(store, work)
     speeds = throughput(store, 8192, 21)
     layout = layout_costs(store, fitted["grid"]["tiles"])
     print(f"load average after: {os.getloadavg()}")
 
     print(f"\nmachine: {machine()}")
+    print("ΔW (rel): max |W_peer − W| / max |W| against weightbank's float64 solve")
     print(f"data: N = {args.rows:,} rows, d_A = {args.d_a} → d_B = {args.d_b}, float32; grid "
           f"{fitted['grid']['rows']}x{fitted['grid']['cols']} ({args.tiles} tiles)")  # fmt: skip
-    print(f"\n{'fit':<34}{'s':>8}{'RSS MiB':>9}{'R²':>12}{'vs lstsq s':>12}")
-    rows = [(ours, report["train"]["r2"]), (peer, solved["r2"])]
+    print(f"\n{'fit':<34}{'s':>8}{'RSS MiB':>9}{'R²':>12}{'vs lstsq s':>12}{'ΔW (rel)':>10}")
+    rows = [(ours, report["train"]["r2"], "-"), (peer, solved["r2"], f"{gaps['lstsq']:.1e}")]
     if ridge is not None:
-        rows.append((ridge[0], ridge[1]["r2"]))
-    for measured, r2 in rows:
+        rows.append((ridge[0], ridge[1]["r2"], f"{gaps['sklearn']:.1e}"))
+    for measured, r2, gap in rows:
         print(f"{measured.label:<34}{measured.seconds:>8.2f}{measured.peak_rss_mb:>9.0f}{r2:>12.6f}"
-              f"{measured.seconds / peer.seconds:>12.2f}")  # fmt: skip
+              f"{measured.seconds / peer.seconds:>12.2f}{gap:>10}")  # fmt: skip
     if ridge is None:
         print(f"{'sklearn Ridge':<34}{'not installed: skipped':>41}")
     tiles = report["independent_tiles"]
