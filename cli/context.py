@@ -9,8 +9,9 @@ from typing import IO, Any
 
 import click
 
-# Commands that may bring a store into being; every other command needs one to exist.
-CREATES_STORE = frozenset({"ingest", "pull", "remote add", "demo"})
+# Commands that may bring a store into being (`prism fit` from activation files); every other
+# command needs one to exist.
+CREATES_STORE = frozenset({"ingest", "pull", "remote add", "demo", "prism fit"})
 # The exit status of a process killed by SIGPIPE (128 + 13): what git gives for `git log | head`.
 BROKEN_PIPE_STATUS = 141
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .context import json_option, registry
+from .context import json_option, progress_enabled, registry
 from .output import print_json, print_table
 
 _TEXT_PATH = click.Path(dir_okay=False, path_type=Path)
@@ -198,7 +198,6 @@ def fit_command(
 ) -> None:
     """Fit a bridge from activation files or from two models over a text, and record it."""
     from weightbank.composer.prism import fit
-    from weightbank.registry.progress import progress_wanted
 
     options["pool"] = options["pool"] or "tokens"
     pairs, sides = _source(ctx, options, (source_spec, target_spec), (source_tap, target_tap))
@@ -214,7 +213,7 @@ def fit_command(
         device=options["device"],
         parameters=_data_parameters(options),
         message=message,
-        show_progress=progress_wanted(ctx.find_root().obj["quiet"]),
+        show_progress=progress_enabled(ctx),
     )
     if as_json:
         print_json({"name": result.name, "version": result.version, "digest": result.digest, "grid": result.grid})
@@ -247,7 +246,6 @@ def refit_command(
     """Refit some tiles of bridge NAME with the others frozen; records the next version."""
     from weightbank.composer.prism import refit
     from weightbank.registry.prism_bank import prism_bank
-    from weightbank.registry.progress import progress_wanted
 
     tiles = _tile_numbers(tile_list)
     store = registry(ctx).store
@@ -267,7 +265,7 @@ def refit_command(
         device=options["device"],
         parameters=_data_parameters(options),
         message=message,
-        show_progress=progress_wanted(ctx.find_root().obj["quiet"]),
+        show_progress=progress_enabled(ctx),
     )
     if as_json:
         print_json(result)
@@ -286,8 +284,8 @@ def refit_command(
             rows.append(
                 [
                     split,
-                    f"{before['r2']:.6f}",
-                    f"{after['r2']:.6f}",
+                    r2_text(before["r2"]),
+                    r2_text(after["r2"]),
                     f"{before['relative_residual']:.3e}",
                     f"{after['relative_residual']:.3e}",
                 ]
@@ -335,7 +333,6 @@ def eval_command(
     from weightbank.composer.build import resolve_device
     from weightbank.composer.prism import evaluate
     from weightbank.composer.prism.evaluate import perplexity
-    from weightbank.registry.progress import progress_wanted
 
     resolve_device(device)
     report = evaluate(
@@ -347,7 +344,7 @@ def eval_command(
         device=device,
         max_length=max_length,
         batch_lines=batch_lines,
-        show_progress=progress_wanted(ctx.find_root().obj["quiet"]),
+        show_progress=progress_enabled(ctx),
     )
     if as_json:
         print_json(report)
@@ -357,7 +354,8 @@ def eval_command(
         ["pairs", f"{report.pairs:,} ({report.pairing}) from {report.lines:,} lines"],
         [
             "R²",
-            f"{report.r2:.6f} on this text" + (f"; {heldout['r2']:.6f} on the fit's held-out rows" if heldout else ""),
+            f"{r2_text(report.r2)} on this text"
+            + (f"; {r2_text(heldout['r2'])} on the fit's held-out rows" if heldout else ""),
         ],
         ["relative residual", f"{report.relative_residual:.3e}"],
     ]
@@ -392,9 +390,9 @@ def grid_rows(grid: dict[str, Any]) -> list[tuple[str, str]]:
         ("train", _quality(fit["train"])),
         ("held out", _quality(fit["heldout"]) if fit["heldout"] else "-"),
         ("dense lstsq", f"{_quality(fit['dense_lstsq'])} (train rows; R² gap {gap:.1e})"),
-        ("independent tiles", f"{_quality(seed['summed'])} summed, {_quality(seed['averaged'])} averaged "
-                              "(the seed design; not least squares)"),
-        ("condition number", "singular" if fit["condition_number"] is None else f"{fit['condition_number']:.3g}"),
+        ("independent", f"{_quality(seed['summed'])} summed, {_quality(seed['averaged'])} averaged "
+                        "(the seed design's per-tile fits; not least squares)"),
+        ("condition", "singular" if fit["condition_number"] is None else f"{fit['condition_number']:.3g}"),
         ("time", f"{seconds['total']:.2f} s (collect {seconds['collect']:.2f} s, solve {seconds['solve']:.2f} s, "
                  f"report {seconds['report']:.2f} s); {fit['samples_per_second']:,.0f} samples/s collected and solved"),
     ]  # fmt: skip
@@ -402,9 +400,14 @@ def grid_rows(grid: dict[str, Any]) -> list[tuple[str, str]]:
         refit = grid["refit"]
         tiles = ", ".join(map(str, refit["tiles"]))
         before, after = refit["before"]["train"]["r2"], refit["after"]["train"]["r2"]
-        rows.append(("refit", f"tiles {tiles}: train R² {before:.6f} → {after:.6f}"))
+        rows.append(("refit", f"tiles {tiles}: train R² {r2_text(before)} → {r2_text(after)}"))
     return rows + [("warning", warning) for warning in fit.get("warnings", [])]
 
 
 def _quality(quality: dict[str, float]) -> str:
-    return f"R² {quality['r2']:.6f}, relative residual {quality['relative_residual']:.3e}"
+    return f"R² {r2_text(quality['r2'])}, relative residual {quality['relative_residual']:.3e}"
+
+
+def r2_text(r2: float) -> str:
+    """R² with the digits that matter: `0.672851`, or `1 − 9.42e-08` close to 1."""
+    return f"1 − {1 - r2:.2e}" if 0.9999 < r2 < 1 else f"{r2:.6f}"
