@@ -191,7 +191,7 @@ def test_prism_commands_refuse_bad_input_with_one_line(wb: Cli, store_dir: Path,
         assert_refused(wb("prism", "eval", *args, ok=False), expected)
         assert snapshot(store_dir) == before, expected
     shown = wb("show", "ok").output
-    assert "independent tiles" in shown and "dense lstsq" in shown
+    assert "averaged (the seed design" in shown and "dense lstsq" in shown and "condition" in shown
     document = json.loads(wb("show", "ok", "--json").output)["manifest"]
     assert document["type"] == "prism" and document["tensors"]["grid"]["shape"] == [4, 32, 48]
 
