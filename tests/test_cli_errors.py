@@ -99,6 +99,20 @@ BAD_INPUT: dict[str, list[Bad]] = {
     "remote rm": [Bad("remote", "rm", "ghost")],
     "push": [Bad("push", "ghost-remote", "m"), Bad("push", "file:///nonexistent-wb-remote", "ghost")],
     "pull": [Bad("pull", "ghost-remote", "m"), Bad("pull", "file:///nonexistent-wb-remote", "m")],
+    "prism fit": [
+        Bad("prism", "fit", "--name", "b", "--x", "{file}", "--z", "{file}"),
+        Bad("prism", "fit", "--name", "b", "--x", "{file}"),
+        Bad("prism", "fit", "--name", "b", "--source", "m", "--target", "m", "--text", "{file}"),
+        Bad("prism", "fit", "--name", "b", "--x", "/no/x.safetensors", "--z", "/no/z.safetensors", store="missing"),
+    ],
+    "prism refit": [
+        Bad("prism", "refit", "m", "--tiles", "1", "--x", "{file}", "--z", "{file}"),
+        Bad("prism", "refit", "ghost", "--tiles", "1", "--text", "{file}"),
+    ],
+    "prism eval": [
+        Bad("prism", "eval", "m", "--text", "{file}"),
+        Bad("prism", "eval", "ghost", "--text", "{file}", store="missing"),
+    ],
 }
 
 
