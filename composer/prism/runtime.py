@@ -14,7 +14,7 @@ from weightbank.registry.errors import InputError
 from weightbank.registry.prism_bank import BIAS_TENSOR, GRID_TENSOR, prism_bank
 from weightbank.registry.store import Store
 
-from ..api import Spec, build_planned, load_tokenizer
+from ..api import Spec, _store, build_planned, load_tokenizer
 from ..architectures import Layout
 from ..executor import Executor
 from ..plan import make_plan
@@ -57,10 +57,6 @@ class PrismBridge(nn.Module):
             f"in_features={g.in_features}, out_features={g.out_features}, grid={g.rows}x{g.cols} "
             f"({g.tile_rows}x{g.tile_cols} tiles), taps={self.source_tap}->{self.target_tap}"
         )
-
-
-def _store(store: str | Path | Store | None) -> Store:
-    return store if isinstance(store, Store) else Store(store)
 
 
 def load_bridge(
