@@ -139,18 +139,18 @@ class Store:
         last, last_digest = self._last(name)
         if not force_type and last is not None:
             self.check_type(name, _kind_of(self.manifests.get(target)))
-        entry = RefEntry(
-            name=name,
-            version=self._next_version(name, last, version),
-            target=target,
-            action=action,
-            time=utc_now(),
-            agent=current_agent(),
-            message=message,
-            rollback_to=rollback_to,
-            previous=last_digest,
-        )
         try:
+            entry = RefEntry(
+                name=name,
+                version=self._next_version(name, last, version),
+                target=target,
+                action=action,
+                time=utc_now(),
+                agent=current_agent(),
+                message=message,
+                rollback_to=rollback_to,
+                previous=last_digest,
+            )
             return self.refs.append(entry)
         except ConflictError as exc:
             raise ConflictError(f"{exc}; {target} is stored but not named — run the command again") from None
