@@ -76,6 +76,19 @@ class Sources:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
 
+    def model(self, ref: str, role: str) -> ModelState:
+        """The model a base or expansion bank stands for, as `starting_state` gives it."""
+        try:
+            base, expansion = resolve_base(self.store, self.bank(ref, role).digest)
+        except WeightbankError as exc:
+            raise PlanProblem(str(exc)) from None
+        self.inputs.setdefault(base.digest, "base")
+        problems: list[str] = []
+        state = starting_state(base, expansion, self, problems)
+        if problems:
+            raise PlanProblem(*problems)
+        return state
+
 
 @dataclass
 class Plan:
@@ -148,7 +161,7 @@ def starting_state(base: Bank, expansion: Bank | None, sources: Sources, problem
     state = ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
     if expansion is None:
         return state
-    sources.inputs[expansion.digest] = "expansion"
+    sources.inputs.setdefault(expansion.digest, "expansion")
     state = apply_steps(state, expansion.document["recipe"]["steps"], sources, problems, "recipe step")
     return _with_trained(state, expansion, problems)
 

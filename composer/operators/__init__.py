@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ..model_state import BankSource, ModelState
 from ..oracle import OracleContext
-from . import depth, ffn, heads, hidden, lora, rope
+from . import depth, ema, ffn, heads, hidden, lora, prune, rope
 
 
 class Operator(Protocol):
@@ -36,4 +36,6 @@ OPERATORS: dict[str, Operator] = {
     heads.NAME: heads,
     hidden.NAME: hidden,
     rope.NAME: rope,
+    ema.NAME: ema,
+    prune.NAME: prune,
 }
