@@ -68,7 +68,7 @@ class ConsolidationResult:
     name: str
     version: int | None  # None for a dry run
     digest: str | None
-    started_from: int | None  # the head version it was computed against (None: a new name)
+    started_from: int | None  # the newest entry of the ref it was computed against (None: a new name)
     bank_type: str
     inputs: list[ConsolidationInput]
     tensors: int
@@ -127,17 +127,16 @@ def consolidate(
     next version of `name`, or of `as_name`. ConflictError if that ref moved meanwhile."""
     start = time.perf_counter()
     target = check_ref_name(as_name or name)
-    head = store.refs.head(name)
-    if head is None:
-        raise NotFoundError(f"no ref named {name!r} in the store at {store.url}")
-    started_entry = store.refs.head(target)
-    started = started_entry.version if started_entry else None
+    head = store.refs.resolve(check_ref_name(name), None)  # NotFoundError: unused, or removed
+    entries = store.refs.versions(target)  # the newest entry of any kind (a tombstone too) is what we follow
+    started = entries[-1] if entries else None
     steps = what.steps(name)
     averaging = steps[0]["op"] == ema.NAME
     source = store.bank(f"{name}@v{max(steps[0]['versions']) if averaging else head.version}")
     base, bank_type = _composition_base(store, name, source, as_name)
     if source.type == "adapter" and not averaging:  # prune the model the adapter makes
         steps.insert(0, {"op": "adapter.lora", "bank": f"{name}@v{head.version}"})
+    store.check_type(target, bank_type)  # before any work: the publish would refuse it
     plan = make_plan(store, {"mes_version": "1", "base": base, "steps": steps})
     inputs = _inputs(store, name, steps)
     planned = time.perf_counter()

@@ -2,7 +2,7 @@
 included), `"3,5,7"` or a list `[3, 5, 7]`, in the order given.
 
 Each version is then an ordinary ref, `NAME@vN`, resolved through the ref history like any
-other (a version that does not exist is an error, never skipped).
+other: a version that does not exist, or that `rm` removed, is an error (never skipped).
 """
 
 from __future__ import annotations

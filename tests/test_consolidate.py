@@ -365,3 +365,14 @@ def test_trim_counts_ties_and_zeros_the_documented_way() -> None:
     values = torch.randn(10_000) * torch.logspace(-30, 30, 10_000)  # every exponent range
     for k in (1, 77, 5_000, 10_000):
         assert kth_largest(lambda: [values.abs()], k) == values.abs().sort(descending=True).values[k - 1].item()
+
+
+def test_removed_versions_are_refused_and_the_publish_follows_the_tombstone(four_versions, wb: Cli, store_dir: Path):
+    wb("rm", "m@v3")
+    before = snapshot(store_dir)
+    refused = wb("consolidate", "m", "--ema", "0.9", "--versions", "1..4", "-m", "x", ok=False)
+    assert refused.exit_code == 1 and "m@v3 was removed by m@v5" in refused.stderr
+    assert snapshot(store_dir) == before
+    out = json.loads(wb("consolidate", "m", "--ema", "0.9", "--versions", "1,2,4", "-m", "x", "--json").stdout)
+    assert (out["started_from"], out["version"]) == (5, 6)
+    assert [i["ref"] for i in out["inputs"]] == ["m@v1", "m@v2", "m@v4"]
