@@ -136,7 +136,8 @@ def consolidate(
     base, bank_type = _composition_base(store, name, source, as_name)
     if source.type == "adapter" and not averaging:  # prune the model the adapter makes
         steps.insert(0, {"op": "adapter.lora", "bank": f"{name}@v{head.version}"})
-    store.check_type(target, bank_type)  # before any work: the publish would refuse it
+    if target != name:
+        store.check_type(target, bank_type)  # before any work: the publish would refuse it
     plan = make_plan(store, {"mes_version": "1", "base": base, "steps": steps})
     inputs = _inputs(store, name, steps)
     planned = time.perf_counter()

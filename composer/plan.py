@@ -146,9 +146,7 @@ class Plan:
         }
 
 
-def resolve_base(
-    store: Store, ref: str, load: Callable[[str], Bank] | None = None
-) -> tuple[Bank, Bank | None]:
+def resolve_base(store: Store, ref: str, load: Callable[[str], Bank] | None = None) -> tuple[Bank, Bank | None]:
     """(base bank, expansion bank or None) for the bank a composition starts from: an
     expansion bank stands for its base with its recipe applied. `load` reads a bank
     (default `store.bank`)."""
