@@ -116,16 +116,27 @@ def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float,
     )
     _print_warnings(report.warnings)
     if as_json:
-        print_json({**report.__dict__, "ok": report.ok})
+        effects = [{**effect.__dict__, "ok": effect.ok} for effect in report.effects]
+        print_json({**report.__dict__, "effects": effects, "ok": report.ok})
     else:
         verdict = "ok" if report.ok else "FAIL"
         click.echo(
             f"{verdict}: max-abs difference {report.max_abs_diff:.3g} vs {report.oracle} ({report.precision}; "
             f"tolerance {report.tolerance:g}, inputs {report.inputs[0]}x{report.inputs[1]} tokens)"
         )
-    if not report.ok:
+        for effect in report.effects:
+            judged = "not function-preserving" if effect.tolerance is None else f"tolerance {effect.tolerance:g}"
+            click.echo(
+                f"  {effect.step}: max-abs difference {effect.max_abs_diff:.3g} vs the model before it at "
+                f"{effect.tokens} tokens, {effect.label} ({judged})"
+            )
+    failures = [f"{e.step} changes the outputs {e.label} by {e.max_abs_diff:.3g} > {e.tolerance:g}"
+                for e in report.effects if not e.ok]  # fmt: skip
+    if report.max_abs_diff > report.tolerance:
         compared = against if against is not None else "its oracle"
-        click.echo(f"error: {spec} differs from {compared} by {report.max_abs_diff:.3g} > {tolerance:g}", err=True)
+        failures.insert(0, f"{spec} differs from {compared} by {report.max_abs_diff:.3g} > {tolerance:g}")
+    if failures:
+        click.echo(f"error: {'; '.join(failures)}", err=True)
         sys.exit(1)
 
 

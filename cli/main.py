@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .compose_commands import compose, verify
+from .consolidate_commands import consolidate
 from .context import BROKEN_PIPE_STATUS, WeightbankGroup, json_option, registry, silence_stdout
 from .growth_commands import analyze, expand, plan_command
 from .lineage_output import LINEAGE_FORMATS
@@ -371,6 +372,7 @@ cli.add_command(remote)
 cli.add_command(push)
 cli.add_command(pull)
 cli.add_command(prism)
+cli.add_command(consolidate)
 
 
 def main() -> None:

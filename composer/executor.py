@@ -4,7 +4,8 @@ Sources are read through `safe_open` (memory-mapped) after their object's digest
 verified; arithmetic runs in float32 on the target device; the result is cast to the
 target dtype. Within one target, an intermediate used twice is computed once and dropped
 after its last use; results that nobody else holds are updated in place, so a LoRA merge
-holds about two copies of the weight at its peak.
+holds about two copies of the weight at its peak. A task an operator defines for itself
+computes itself: its `evaluate(inputs, executor)` gets its inputs in float32 (read-only).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -52,6 +54,9 @@ class Executor:
         self._verified: dict[str, Future[None]] = {}
         self._verifier = ThreadPoolExecutor(1, "weightbank-verify")
         self.bytes_read = 0
+        # Kept by operator-defined tasks for the whole run: values shared across targets and
+        # the reports they collect (consolidate.prune's thresholds and per-tensor reports).
+        self.notes: dict[str, Any] = {}
 
     def prefetch(self, targets: Iterable[Target]) -> None:
         """Verify the objects these targets read, in order, on a background thread, so that
@@ -140,6 +145,9 @@ class _Evaluation:
             if task.dtype == F32:
                 parts = [part.float() for part in parts]
             return torch.cat(parts, dim=task.dim), True
+        evaluate = getattr(task, "evaluate", None)
+        if evaluate is not None:  # an operator-defined task: it computes itself from float32 inputs
+            return evaluate([self._float(child)[0] for child in task.inputs()], self.executor), True
         return self._arithmetic(task)
 
     def _select(self, task: IndexSelect, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:

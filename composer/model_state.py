@@ -36,6 +36,10 @@ class BankSource(Protocol):
 
     def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank: ...
 
+    def model(self, ref: str, role: str) -> ModelState:
+        """The whole model a base or expansion bank stands for (an expansion's recipe applied)."""
+        ...
+
     def warn(self, message: str) -> None: ...
     def describe(self, digest: str) -> str:
         """How messages name a manifest: `NAME@vN` where a ref points at it, else a short digest."""

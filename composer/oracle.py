@@ -3,6 +3,7 @@ banks exported to a scratch folder — never by the composer itself."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,6 +13,17 @@ from weightbank.registry.export import export_bank
 from weightbank.registry.store import Store
 
 from .hf_model import config_object, model_class
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An input length at which `verify` measures what a step changes (its oracle against
+    the model before it); `tolerance` None means the difference is reported, not judged."""
+
+    step: str
+    length: int
+    label: str
+    tolerance: float | None
 
 
 class OracleContext:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class Sources:
     resolved: dict[str, str] = field(default_factory=dict)  # ref as written -> digest
     warnings: list[str] = field(default_factory=list)
     _names: dict[str, list[str]] | None = field(default=None, repr=False)  # for messages, read on first use
+    _loaded: dict[str, Bank] = field(default_factory=dict)  # digest -> bank, each read (and verified) once
 
     @property
     def base(self) -> Bank:
@@ -62,9 +64,15 @@ class Sources:
             self._names = names_by_target(self.store)
         return display_name(self.store, digest, self._names)
 
+    def _load(self, ref: str) -> Bank:
+        digest = self.store.resolve(ref)
+        if digest not in self._loaded:
+            self._loaded[digest] = self.store.bank(digest)
+        return self._loaded[digest]
+
     def bank(self, ref: str, role: str, bank_type: str | None = None) -> Bank:
         try:
-            bank = self.store.bank(ref)
+            bank = self._load(ref)
         except WeightbankError as exc:
             raise PlanProblem(str(exc)) from None
         if bank_type is not None and bank.type != bank_type:
@@ -75,6 +83,19 @@ class Sources:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def model(self, ref: str, role: str) -> ModelState:
+        """The model a base or expansion bank stands for, as `starting_state` gives it."""
+        try:
+            base, expansion = resolve_base(self.store, self.bank(ref, role).digest, self._load)
+        except WeightbankError as exc:
+            raise PlanProblem(str(exc)) from None
+        self.inputs.setdefault(base.digest, "base")
+        problems: list[str] = []
+        state = starting_state(base, expansion, self, problems)
+        if problems:
+            raise PlanProblem(*problems)
+        return state
 
 
 @dataclass
@@ -125,17 +146,19 @@ class Plan:
         }
 
 
-def resolve_base(store: Store, ref: str) -> tuple[Bank, Bank | None]:
+def resolve_base(store: Store, ref: str, load: Callable[[str], Bank] | None = None) -> tuple[Bank, Bank | None]:
     """(base bank, expansion bank or None) for the bank a composition starts from: an
-    expansion bank stands for its base with its recipe applied."""
-    named = store.bank(ref)
+    expansion bank stands for its base with its recipe applied. `load` reads a bank
+    (default `store.bank`)."""
+    load = load or store.bank
+    named = load(ref)
     if named.type == "base" and named.config is not None:
         return named, None
     if named.type == "expansion":
         bases = [p.digest for p in named.parents if p.role == "base"]
         if not bases:
             raise PlanProblem(f"{ref}: expansion bank without a base parent")
-        base = store.bank(bases[0])
+        base = load(bases[0])
         if base.type == "base":
             return base, named
     raise PlanProblem(f"{ref} is {with_article(named.type)} bank, not a base model or an expansion of one")
@@ -148,7 +171,7 @@ def starting_state(base: Bank, expansion: Bank | None, sources: Sources, problem
     state = ModelState(copy.deepcopy(base.config), {name: load(r) for name, r in base.tensors.items()})
     if expansion is None:
         return state
-    sources.inputs[expansion.digest] = "expansion"
+    sources.inputs.setdefault(expansion.digest, "expansion")
     state = apply_steps(state, expansion.document["recipe"]["steps"], sources, problems, "recipe step")
     return _with_trained(state, expansion, problems)
 

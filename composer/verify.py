@@ -11,6 +11,8 @@ bfloat16 is compared with a bfloat16 composition: the same roundings), and both 
 run in float32. Memory: the two models are built one after the other, each freed once its
 outputs are taken, so at most one model is held — in float32, 4 bytes per parameter, plus
 the oracle's export in a scratch folder on disk.
+A step that changes the function on purpose (context.rope) declares `probes`: input lengths
+at which its oracle is measured against the model before it, reported as `effects`.
 """
 
 from __future__ import annotations
@@ -35,10 +37,25 @@ from .dtypes import TARGET_DTYPES
 from .executor import Executor
 from .hf_model import config_object
 from .operators import OPERATORS
-from .oracle import OracleContext
+from .oracle import OracleContext, Probe
 from .plan import make_plan
 
 DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What a step changes, measured at one input length (see `Probe`)."""
+
+    step: str
+    label: str
+    tokens: int
+    max_abs_diff: float
+    tolerance: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.tolerance is None or self.max_abs_diff <= self.tolerance
 
 
 @dataclass(frozen=True)
@@ -52,10 +69,11 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)  # the plan's: where the composition departs from a peer
     precision: str = "float32 weights, float32 arithmetic"
     against: str | None = None
+    effects: list[Effect] = field(default_factory=list)  # what steps change on purpose (probes)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return self.max_abs_diff <= self.tolerance and all(effect.ok for effect in self.effects)
 
 
 def fixed_inputs(vocab_size: int, seed: int = 0, batch: int = 2, length: int = 16) -> torch.Tensor:
@@ -105,9 +123,15 @@ def verify(
     ):
         context = OracleContext(store, Path(scratch))
         oracle = context.load_model(against or plan.base.digest)
+        effects: list[Effect] = []
         if against is None:
             for step in plan.steps:
-                oracle = OPERATORS[step["op"]].oracle(oracle, step, context)
+                operator, before = OPERATORS[step["op"]], oracle
+                oracle = operator.oracle(oracle, step, context)
+                probes = getattr(operator, "probes", None)
+                if probes is not None:
+                    effects += [_measure(before, oracle, p) for p in probes(step, before.config.to_dict())]
+                del before
         tokens = fixed_inputs(min(oracle.config.vocab_size, config_object(plan.config).vocab_size))
         expected = outputs_of(oracle, tokens)
         del oracle  # one model at a time
@@ -120,7 +144,13 @@ def verify(
     description = f"from_pretrained({against})" if against else _describe(plan.steps)
     precision = f"{dtype} weights, float32 arithmetic"
     diff = (actual - expected).abs().max().item()
-    return VerifyReport(diff, tolerance, description, list(tokens.shape), plan.warnings, precision, against)
+    return VerifyReport(diff, tolerance, description, list(tokens.shape), plan.warnings, precision, against, effects)
+
+
+def _measure(before: PreTrainedModel, after: PreTrainedModel, probe: Probe) -> Effect:
+    tokens = fixed_inputs(before.config.vocab_size, batch=1, length=probe.length)
+    diff = (outputs_of(after, tokens) - outputs_of(before, tokens)).abs().max().item()
+    return Effect(probe.step, probe.label, probe.length, diff, probe.tolerance)
 
 
 def _describe(steps: list[dict[str, Any]]) -> str:

@@ -113,6 +113,13 @@ BAD_INPUT: dict[str, list[Bad]] = {
         Bad("prism", "eval", "m", "--text", "{file}"),
         Bad("prism", "eval", "ghost", "--text", "{file}", store="missing"),
     ],
+    "consolidate": [
+        Bad("consolidate", "m", "-m", "nothing to do"),
+        Bad("consolidate", "m", "--ema", "0.9", "--versions", "1..3", "-m", "v2 and v3 do not exist"),
+        Bad("consolidate", "lo", "--ema", "0.9", "--versions", "1..1", "-m", "an adapter needs --as"),
+        Bad("consolidate", "ghost", "--prune-keep", "0.5", "--parent", "m", "-m", "x"),
+        Bad("consolidate", "m", "--prune-keep", "0.5", "--parent", "m", "-m", "x", store="missing"),
+    ],
 }
 
 

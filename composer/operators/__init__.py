@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ..model_state import BankSource, ModelState
 from ..oracle import OracleContext
-from . import depth, ffn, heads, hidden, lora
+from . import depth, ema, ffn, heads, hidden, lora, prune, rope
 
 
 class Operator(Protocol):
@@ -35,4 +35,7 @@ OPERATORS: dict[str, Operator] = {
     ffn.NAME: ffn,
     heads.NAME: heads,
     hidden.NAME: hidden,
+    rope.NAME: rope,
+    ema.NAME: ema,
+    prune.NAME: prune,
 }
