@@ -12,6 +12,7 @@ import click
 from .arguments import spec_argument
 from .context import json_option, progress_enabled, registry
 from .output import human_bytes, print_json
+from .signing_commands import trust_options
 
 
 @click.command()
@@ -26,6 +27,7 @@ from .output import human_bytes, print_json
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor.")
 @click.option("--max-shard-size", help="Shard size for --out [default: save_pretrained's, 50GB in transformers 5].")
 @click.option("-m", "--message", default="", help="A note for the log (with --name).")
+@trust_options
 @json_option
 @click.pass_context
 def compose(
@@ -39,8 +41,10 @@ def compose(
     max_shard_size: str | None,
     message: str,
     as_json: bool,
+    policy: Any,
 ) -> None:
-    """Compose a model from SPEC (a composition manifest, JSON or YAML, `-` for stdin, or a bank ref)."""
+    """Compose a model from SPEC (a composition manifest, JSON or YAML, `-` for stdin, or a bank ref).
+    With --require-signed, every bank it reads (and their inputs) must be signed by a trusted key."""
     from weightbank.composer import plan, save_model
     from weightbank.composer.build import build_model, resolve_device
     from weightbank.composer.executor import Executor
@@ -59,6 +63,8 @@ def compose(
     reg = registry(ctx)
     store = reg.store
     the_plan = plan(composition, dtype=dtype, store=store)
+    if policy is not None:
+        reg.require_signed(list(the_plan.inputs), policy, f"composition {spec}")
     if dry_run:
         _print_plan(the_plan.summary(), as_json)
         return
@@ -103,14 +109,20 @@ def compose(
 @click.argument("spec")
 @click.option("--against", metavar="REF", help="Compare with this bank, composing at its dtype, instead of the oracle.")
 @click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Largest max-abs difference accepted.")
+@trust_options
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float, as_json: bool) -> None:
-    """Run the composed model against its oracle (or a bank) on fixed inputs; exit 1 over tolerance."""
-    from weightbank.composer import verify_composition
+def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float, as_json: bool, policy: Any) -> None:
+    """Run the composed model against its oracle (or a bank) on fixed inputs; exit 1 over tolerance.
+    With --require-signed, every bank it reads (and --against) must be signed by a trusted key."""
+    from weightbank.composer import plan, verify_composition
 
     composition = spec_argument(ctx, spec)
-    store = registry(ctx).store
+    reg = registry(ctx)
+    store = reg.store
+    if policy is not None:
+        inputs = list(plan(composition, store=store).inputs) + ([reg.resolve(against)] if against else [])
+        reg.require_signed(inputs, policy, f"verification of {spec}")
     report = verify_composition(
         composition, against=against, tolerance=tolerance, store=store, show_progress=progress_enabled(ctx)
     )

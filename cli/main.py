@@ -18,6 +18,7 @@ from .lineage_output import LINEAGE_FORMATS
 from .output import human_bytes, print_json, print_table
 from .prism_commands import prism
 from .remote_commands import pull, push, remote
+from .signing_commands import sign, signature_lines, signed_by, trust, trust_options
 
 
 @click.group(cls=WeightbankGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +49,7 @@ def cli(ctx: click.Context, store: str | None, quiet: bool) -> None:
     metavar="NAME",
     help="A trained grown model: record it as the next version of expansion NAME, storing only changed tensors.",
 )
+@trust_options
 @json_option
 @click.pass_context
 def ingest(
@@ -60,14 +62,22 @@ def ingest(
     force_type: bool,
     expansion: str | None,
     as_json: bool,
+    policy: Any,
 ) -> None:
-    """Ingest a Hugging Face model folder or a PEFT adapter folder (auto-detected)."""
+    """Ingest a Hugging Face model folder or a PEFT adapter folder (auto-detected).
+    With --require-signed, the folder's model.sig (OpenSSF model-signing) must be signed by a trusted key."""
     if expansion is not None:
+        if policy is not None:
+            from weightbank.registry.errors import InputError
+
+            raise InputError("--require-signed checks a folder's model.sig; it does not go with --as-version-of")
         _ingest_trained(ctx, folder, expansion, name, message, as_json)
         return
     if name is None:
         raise click.UsageError("Missing option '--name'.")
-    result = registry(ctx).ingest(folder, name, base=base, message=message, rehash=rehash, force_type=force_type)
+    result = registry(ctx).ingest(
+        folder, name, base=base, message=message, rehash=rehash, force_type=force_type, policy=policy
+    )
     if as_json:
         print_json(result)
         return
@@ -115,20 +125,30 @@ def _ingest_trained(
     help="Shard base models above this size [default: the source checkpoint's own shards where the bank "
     "came from one, else save_pretrained's default, 50GB in transformers 5].",
 )
+@click.option(
+    "--sign", "sign_key", metavar="KEY.pem", type=click.Path(path_type=Path),
+    help="Also write model.sig, the folder's OpenSSF model-signing signature (ECDSA P-256 private key).",
+)  # fmt: skip
+@trust_options
 @json_option
 @click.pass_context
-def export(ctx: click.Context, ref: str, out_dir: Path, max_shard_size: str | None, as_json: bool) -> None:
+def export(
+    ctx: click.Context, ref: str, out_dir: Path, max_shard_size: str | None, sign_key: Path | None, as_json: bool,
+    policy: Any,
+) -> None:  # fmt: skip
     """Write a base or adapter bank as a folder from_pretrained loads."""
+    from weightbank.registry.keys import short_key_id
     from weightbank.registry.naming import plural
 
-    result = registry(ctx).export(ref, out_dir, max_shard_size=max_shard_size)
+    result = registry(ctx).export(ref, out_dir, max_shard_size=max_shard_size, sign_key=sign_key, policy=policy)
     if as_json:
         print_json(result)
         return
     weights = plural(len(result.weight_files), "weight file")
+    signed = f"; model.sig signed by {short_key_id(result.signed_by)}" if result.signed_by else ""
     click.echo(
         f"exported {result.bank_type} bank {ref} to {result.out_dir} "
-        f"({weights}, {plural(result.files, 'other file')}, {human_bytes(result.bytes)})"
+        f"({weights}, {plural(result.files, 'other file')}, {human_bytes(result.bytes)}){signed}"
     )
 
 
@@ -142,16 +162,20 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     digest = reg.resolve(ref)
     manifest = reg.show(digest)
     if as_json:
-        print_json({"digest": digest, "manifest": manifest})
+        print_json({"digest": digest, "manifest": manifest, "signatures": [s.to_json() for s in reg.signers(digest)]})
         return
     click.echo(f"{digest}  {manifest['kind']}" + (f" ({manifest['type']})" if "type" in manifest else ""))
     if manifest["kind"] != "bank":
         print_json(manifest)
+        for line in signature_lines(reg, digest):
+            click.echo(line)
         return
     from .show import describe_bank
 
     for label, value in describe_bank(reg.store, digest, manifest):
         click.echo(f"{label:<11} {value}")
+    for line in signature_lines(reg, digest):
+        click.echo(line)
 
 
 @cli.command()
@@ -161,18 +185,26 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def log(ctx: click.Context, name: str, count: int | None, reverse: bool, as_json: bool) -> None:
-    """History of a ref, newest first."""
-    entries = list(reversed(registry(ctx).log(name)))[:count]
+    """History of a ref, newest first, with who signed each version's manifest."""
+    reg = registry(ctx)
+    entries = list(reversed(reg.log(name)))[:count]
     if reverse:
         entries.reverse()
     if as_json:
-        print_json(entries)
+        from weightbank.registry.signing import signers
+
+        from .output import to_plain
+
+        signed = {e.target: [s.to_json() for s in signers(reg.store, e.target)] for e in entries if e.target}
+        print_json([{**to_plain(e), "signatures": signed.get(e.target, [])} for e in entries])
         return
     from weightbank.registry.digest import short
 
     rows = [
-        [f"v{e.version}", short(e.target) if e.target else "-", e.time, e.agent, e.action, e.message] for e in entries
-    ]
+        [f"v{e.version}", short(e.target) if e.target else "-", e.time, e.agent, e.action, e.message,
+         signed_by(reg, e.target)]
+        for e in entries
+    ]  # fmt: skip
     print_table(rows)
 
 
@@ -249,7 +281,8 @@ def _report(report: Any, as_json: bool, what: str) -> None:
     if as_json:
         print_json(report.to_json())
     elif report.ok:
-        click.echo(f"ok: {what} — {report.manifests} manifests, {report.objects} objects verified")
+        signatures = f", {report.signatures} signatures" if report.signatures else ""
+        click.echo(f"ok: {what} — {report.manifests} manifests, {report.objects} objects{signatures} verified")
     else:
         for problem in report.problems:
             click.echo(f"BAD {problem}")
@@ -264,11 +297,13 @@ def _report(report: Any, as_json: bool, what: str) -> None:
 
 @cli.command()
 @click.argument("ref")
+@trust_options
 @json_option
 @click.pass_context
-def audit(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """Re-verify a bank's whole closure; exit 1 naming every bad bank, tensor or object."""
-    _report(registry(ctx).audit(ref), as_json, ref)
+def audit(ctx: click.Context, ref: str, as_json: bool, policy: Any) -> None:
+    """Re-verify a bank's whole closure (objects, manifests, signatures); exit 1 naming every bad
+    bank, tensor, object or signature — with --require-signed, every bank not signed by a trusted key."""
+    _report(registry(ctx).audit(ref, policy=policy), as_json, ref)
 
 
 @cli.command()
@@ -325,7 +360,8 @@ def gc(
         click.echo(f"{verb} {len(report.thinned)} old versions: {', '.join(report.thinned)}")
     click.echo(
         f"{verb} {len(report.objects)} objects, {len(report.manifests)} manifests, "
-        f"{len(report.temporaries)} temporary files ({human_bytes(report.bytes)})"
+        + (f"{len(report.signatures)} signatures, " if report.signatures else "")
+        + f"{len(report.temporaries)} temporary files ({human_bytes(report.bytes)})"
         + (f"; kept {report.kept_young} younger than the grace period" if report.kept_young else "")
         + (f"; deleted the history of {', '.join(report.purged)}" if report.purged else "")
     )
@@ -373,6 +409,8 @@ cli.add_command(push)
 cli.add_command(pull)
 cli.add_command(prism)
 cli.add_command(consolidate)
+cli.add_command(sign)
+cli.add_command(trust)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import click
 
 from .context import json_option, registry
 from .output import human_bytes, print_json, print_table
+from .signing_commands import trust_options
 
 
 @click.group()
@@ -79,15 +80,17 @@ def push(ctx: click.Context, name: str, refs: tuple[str, ...], jobs: int | None,
     "--as", "rename", metavar="NEW", help="Import the (one) ref under this local name: for diverged histories."
 )
 @jobs_option
+@trust_options
 @json_option
 @click.pass_context
 def pull(
     ctx: click.Context, name: str, refs: tuple[str, ...], lazy: bool, rename: str | None, jobs: int | None,
-    as_json: bool,
+    as_json: bool, policy: Any,
 ) -> None:  # fmt: skip
     """Fetch REFs and all they need that this store lacks; every object is verified on arrival,
-    and local copies are verified too (a damaged one is replaced from the remote)."""
-    result = registry(ctx).pull(name, list(refs), lazy=lazy, jobs=jobs, rename=rename)
+    and local copies are verified too (a damaged one is replaced from the remote). With
+    --require-signed, nothing is written unless every version pulled is signed by a trusted key."""
+    result = registry(ctx).pull(name, list(refs), lazy=lazy, jobs=jobs, rename=rename, policy=policy)
     _print_result("pulled from", result, as_json)
 
 
@@ -98,7 +101,9 @@ def _print_result(verb: str, result: Any, as_json: bool) -> None:
     objects = "objects left on the remote (lazy)" if result.lazy else f"{result.present} objects already there"
     click.echo(
         f"{verb} {result.remote}: {result.objects} objects ({human_bytes(result.object_bytes)}), "
-        f"{result.manifests} manifests, refs {', '.join(result.refs) or '-'}; {objects}"
+        f"{result.manifests} manifests, "
+        + (f"{result.signatures} signatures, " if result.signatures else "")
+        + f"refs {', '.join(result.refs) or '-'}; {objects}"
     )
     for digest in result.repaired:
         click.echo(f"repaired damaged local object {digest} from {result.remote}", err=True)

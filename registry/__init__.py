@@ -1,8 +1,9 @@
 """The weight-bank registry: content-addressed objects, MES v1 manifests, versioned refs.
 
 Start with `Registry`; the modules below it each hold one concept
-(`objects`, `manifests`, `refs`, `provenance`, `ingest`, `export`, `audit`, `gc`, and the
-`remotes` package for push and pull).
+(`objects`, `manifests`, `refs`, `provenance`, `ingest`, `export`, `audit`, `gc`, the
+`remotes` package for push and pull, and `keys`, `signatures`, `trust`, `signing` and
+`folder_signing` for signed banks).
 """
 
 from .audit import CheckReport, Problem
@@ -14,6 +15,7 @@ from .errors import (
     NotFoundError,
     RemoteError,
     SchemaError,
+    SignatureError,
     WeightbankError,
 )
 from .export import ExportResult
@@ -23,7 +25,9 @@ from .provenance import Lineage
 from .refs import RefEntry
 from .registry import Registry, RollbackResult
 from .remotes import Remote, TransferResult
+from .signing import Signer, SignResult
 from .store import Store
+from .trust import TrustedKey, TrustPolicy
 
 __all__ = [
     "Bank",
@@ -45,8 +49,13 @@ __all__ = [
     "RemoteError",
     "RollbackResult",
     "SchemaError",
+    "SignResult",
+    "SignatureError",
+    "Signer",
     "Store",
     "TensorRecord",
     "TransferResult",
+    "TrustPolicy",
+    "TrustedKey",
     "WeightbankError",
 ]

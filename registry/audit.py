@@ -1,8 +1,11 @@
 """Integrity checks: `audit` re-verifies one bank's closure, `fsck` the whole store.
 
 Both re-hash every object they reach, validate every manifest and ref entry against its
-schema, check that tensor objects hold the dtype and shape their manifest claims, and
-that every parent is present. Problems are collected, not raised, so one run names them all.
+schema, check that tensor objects hold the dtype and shape their manifest claims, that
+every parent is present, and that every signature attached to a manifest holds (intact, by
+the key it names, over that manifest; see `signatures`). Under a trust policy, audit also
+refuses banks that are not signed by a trusted key (see `trust`). Problems are collected,
+not raised, so one run names them all.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from .naming import names_by_target
 from .progress import Advance, step_progress
 from .provenance import parents_of
 from .refs import parse_ref
+from .signatures import VALID
 from .store import Store
+from .trust import TrustPolicy, refusals_in_store
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class CheckReport:
     manifests: int = 0
     objects: int = 0
     refs: int = 0
+    signatures: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth knowing, not damage
 
@@ -54,6 +60,7 @@ class CheckReport:
             "manifests": self.manifests,
             "objects": self.objects,
             "refs": self.refs,
+            "signatures": self.signatures,
             "problems": [{"subject": p.subject, "detail": p.detail} for p in self.problems],
             "notes": self.notes,
         }
@@ -102,7 +109,14 @@ class _Checker:
             return []
         if document["kind"] == "bank":
             self._check_bank(Bank(digest, document), subject)
+        self._check_signatures(digest, subject)
         return [parent["digest"] for parent in parents_of(document)]
+
+    def _check_signatures(self, digest: str, subject: str) -> None:
+        for check in self.store.signatures.checks(digest):
+            self.report.signatures += 1
+            if check.status != VALID:
+                self.report.problems.append(Problem(f"signature {check.digest} of {subject}", f"{check.problem}"))
 
     def _check_bank(self, bank: Bank, subject: str) -> None:
         for name, record in bank.tensors.items():
@@ -136,16 +150,23 @@ class _Checker:
             pending.extend((parent, "parent") for parent in parents)
 
 
-def audit(store: Store, ref: str, *, show_progress: bool = False) -> CheckReport:
-    """Re-verify everything `ref` depends on: its manifest, parents, and all their objects;
-    for a ref name, its history too (links, gaps, the head record)."""
+def audit(store: Store, ref: str, *, show_progress: bool = False, policy: TrustPolicy | None = None) -> CheckReport:
+    """Re-verify everything `ref` depends on: its manifest, parents, all their objects and
+    signatures; for a ref name, its history too (links, gaps, the head record). With a
+    `policy`, every manifest it refuses is a problem too."""
     root = store.resolve(ref)
+    names = names_by_target(store)
     with step_progress(0, f"audit {ref}", show_progress, unit="object") as advance:
-        checker = _Checker(store, names_by_target(store), advance)
+        checker = _Checker(store, names, advance)
         name = parse_ref(ref).name
         if name is not None:
             _check_history(store, name, checker.report)
         checker.walk([root])
+    if policy is not None:
+        for refusal in refusals_in_store(store, [root], policy, names):
+            via = f" ({refusal.label})" if refusal.label and refusal.digest not in names else ""
+            subject = checker.label(refusal.digest) + via
+            checker.report.problems.append(Problem(subject, f"not accepted by the trust policy: {refusal.reason}"))
     return checker.report
 
 
@@ -172,6 +193,11 @@ def _fsck(store: Store, checker: _Checker) -> CheckReport:
     checker.walk(list(store.manifests))
     for digest in store.objects:
         checker.verify_object(digest)
+    checker.report.notes += [
+        f"signature {signature} of missing manifest {manifest}: gc removes it"
+        for manifest, signature in store.signatures
+        if manifest not in checker.checked_manifests
+    ]
     backend = store.backend
     if isinstance(backend, LocalBackend):
         checker.report.notes += [

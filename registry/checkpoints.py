@@ -154,19 +154,23 @@ def check_output_folder(out: Path) -> None:
 
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield a hidden sibling folder that is renamed to `out` only if the block succeeds;
-    on any error it is removed, so `out` is never seen half-written. Staging folders that a
-    killed export left beside it are removed first (see `temporaries`)."""
+    """Yield a folder named like `out` inside a hidden sibling, renamed to `out` only if the
+    block succeeds; on any error it is removed, so `out` is never seen half-written. (The
+    folder has `out`'s own name so that what records it, such as a model signature's subject,
+    names `out`.) Staging folders that a killed export left beside it are removed first (see
+    `temporaries`)."""
     check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent)
-    staging = out.parent / f".{out.name}{STAGING_MARK}{token()}"
-    staging.mkdir()
+    holder = out.parent / f".{out.name}{STAGING_MARK}{token()}"
+    staging = holder / out.name
+    staging.mkdir(parents=True)
     try:
         yield staging
         if out.exists():
             out.rmdir()
         os.rename(staging, out)
+        holder.rmdir()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
         raise

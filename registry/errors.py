@@ -27,6 +27,10 @@ class ConflictError(WeightbankError):
     """A compare-and-swap update lost the race: someone else wrote that version first."""
 
 
+class SignatureError(WeightbankError):
+    """A bank is refused by the trust policy: unsigned, signed by an unknown key, or badly signed."""
+
+
 class RemoteError(WeightbankError):
     """A push or pull failed on the way: the remote refused a request, or I/O failed."""
 

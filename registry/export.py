@@ -3,7 +3,10 @@
 Files are written back byte for byte; tensors are streamed from their objects into
 safetensors shards (transformers' naming and index format), each object verified as it
 is copied. Everything is written into a hidden sibling folder that is renamed into place
-only when complete, so an export is never seen half-written.
+only when complete, so an export is never seen half-written. With a signing key, the folder
+also gets a `model.sig` in the OpenSSF model-signing format (see `folder_signing`), written
+before the rename; under a trust policy, a bank that is not signed by a trusted key is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from .checkpoints import (
     write_index,
 )
 from .errors import InputError, IntegrityError
+from .folder_signing import SIGNATURE_FILE, check_folder_key, sign_folder
+from .keys import load_signing_key
 from .names import check_relative_path
 from .naming import with_article
 from .progress import Advance, byte_progress
 from .safetensors_format import encode_header
+from .signing import require_signed
 from .store import Store
+from .trust import TrustPolicy
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class ExportResult:
     weight_files: list[str]
     files: int
     bytes: int
+    signed_by: str | None = None  # the key id of model.sig's signer, with --sign
 
 
 def export_bank(
@@ -50,23 +58,36 @@ def export_bank(
     *,
     max_shard_size: int | str | None = None,
     show_progress: bool = False,
+    sign_key: Path | None = None,
+    policy: TrustPolicy | None = None,
 ) -> ExportResult:
     """Write the bank `ref` names as a Hugging Face model folder (base) or PEFT folder (adapter).
 
     Without `max_shard_size`, a bank ingested from a checkpoint is written in that checkpoint's
     own files (same names, same tensors in the same order: the same bytes); any other bank as
-    save_pretrained would write it (its default shard size, safetensors' layout)."""
+    save_pretrained would write it (its default shard size, safetensors' layout). `sign_key`
+    (an ECDSA P-256 PEM): also sign the folder into `model.sig`; `policy`: refuse a bank it
+    does not accept."""
     bank = store.bank(ref)
     if bank.type not in ("base", "adapter"):
         raise InputError(
             f"{ref} is {with_article(bank.type)} bank; export writes base and adapter banks (compose the others)"
         )
+    if policy is not None:
+        require_signed(store, [bank.digest], policy, f"export of {ref}")
+    key = load_signing_key(sign_key) if sign_key is not None else None
+    if key is not None:
+        check_folder_key(key)
+        if SIGNATURE_FILE in bank.files:
+            raise InputError(f"{ref} holds a file named {SIGNATURE_FILE}; a signed export writes its own")
     out = Path(out_dir)
     total = sum(r.bytes for r in bank.tensors.values()) + sum(f.bytes for f in bank.files.values())
     with staged_folder(out) as staging, byte_progress(total, f"export {out.name}", show_progress) as advance:
         write_files(store, bank.files, staging, advance)
         weight_files = write_weights(store, bank, staging, max_shard_size, advance)
-    return ExportResult(out, bank.type, weight_files, len(bank.files), total)
+        if key is not None:
+            sign_folder(staging, key)
+    return ExportResult(out, bank.type, weight_files, len(bank.files), total, key.public.key_id if key else None)
 
 
 def write_files(store: Store, files: Mapping[str, FileRecord], folder: Path, advance: Advance) -> None:

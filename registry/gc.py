@@ -3,13 +3,16 @@
 Roots are the targets of every live ref version, and of versions removed by a tombstone
 younger than the grace period (`rm` is only final once its grace period has passed: a
 compose started just before can still read what it removed). Reachable = the roots, their
-parents (transitively), and every object those manifests name.
+parents (transitively), and every object those manifests name. A signature lives as long as
+the manifest it is attached to: gc keeps the signatures of every manifest it keeps, and
+removes those of the manifests it removes (and those whose manifest is already gone).
 
 gc and writers follow one protocol, so a gc running beside an ingest, a pull or a compose
 never deletes what they are about to name (dvc#2325, and what git's "freshening" does):
 - a writer that reuses an object or manifest already in the store marks it used
   (`Backend.freshen`, its mtime), and before publishing a ref it marks the new manifest's
-  whole closure (`Store.pin`); what it writes new is young anyway;
+  whole closure (`Store.pin`); `sign` marks the manifest before attaching a signature; what
+  a writer writes new is young anyway;
 - gc removes a file only if it is older than the grace period *after* it has been moved out
   of its name (`Backend.remove_unless_fresh`): a writer that freshened it before the move is
   seen, and one that comes after finds it gone and writes it again.
@@ -20,7 +23,9 @@ the grace period alone: run it when nothing writes to that store.
 
 Removal order keeps every state on the way consistent, so a killed gc leaves nothing that
 fsck calls damaged and the next gc finishes the job: tombstones for `--keep-last` first,
-then manifests (children before their parents), then objects, then purged ref histories.
+then the signatures of doomed manifests (a signature names its manifest, as a child names
+its parents), then manifests (children before their parents), then objects, then purged
+ref histories.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .manifests import MANIFESTS_DIR, manifest_path
 from .objects import OBJECTS_DIR, object_path
 from .provenance import parents_of
 from .refs import REFS_DIR, History
+from .signatures import signature_path
 from .store import Store
 from .temporaries import TEMP_PREFIX
 
@@ -63,6 +69,7 @@ class GcReport:
     dry_run: bool
     objects: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
+    signatures: list[str] = field(default_factory=list)  # digests of the signatures removed
     temporaries: list[str] = field(default_factory=list)
     bytes: int = 0
     kept_young: int = 0
@@ -74,6 +81,7 @@ class GcReport:
             "dry_run": self.dry_run,
             "objects": self.objects,
             "manifests": self.manifests,
+            "signatures": self.signatures,
             "temporaries": self.temporaries,
             "bytes": self.bytes,
             "kept_young": self.kept_young,
@@ -199,15 +207,24 @@ def collect_garbage(
         report.kept_young += 1
         return False
 
-    doomed_manifests = [d for d in store.manifests if d not in keep_manifests and old_enough(manifest_path(d))]
+    present = list(store.manifests)
+    doomed_manifests = [d for d in present if d not in keep_manifests and old_enough(manifest_path(d))]
     doomed_objects = [d for d in store.objects if d not in keep_objects and old_enough(object_path(d))]
+    # Signatures of the manifests gc removes, and of manifests already gone that nothing reaches.
+    signatures = list(store.signatures)
+    unattached = set(doomed_manifests) | ({m for m, _ in signatures} - set(present) - keep_manifests)
+    doomed_signatures = [(m, s) for m, s in signatures if m in unattached and old_enough(signature_path(m, s))]
     report.temporaries = _temporaries(store, cutoff)
     purged = [name for name, history in histories.items() if _purge_due(history, cutoff)]
     if dry_run:
         report.manifests, report.objects, report.purged = doomed_manifests, doomed_objects, purged
+        report.signatures = [signature for _, signature in doomed_signatures]
         report.bytes = sum(backend.size(manifest_path(d)) for d in doomed_manifests)
+        report.bytes += sum(backend.size(signature_path(m, s)) for m, s in doomed_signatures)
         report.bytes += sum(backend.size(object_path(d)) for d in doomed_objects)
         return report
+    for manifest, signature in doomed_signatures:
+        _remove(backend, signature_path(manifest, signature), cutoff, report, report.signatures, signature)
     for digest in _children_first(store, doomed_manifests):
         _remove(backend, manifest_path(digest), cutoff, report, report.manifests, digest)
     for digest in doomed_objects:

@@ -5,6 +5,10 @@ pickle-only weights, an adapter's fit to its base) before anything is written, s
 input leaves the store untouched. Tensors are then streamed one at a time: each tensor's
 byte range is read into one reusable buffer, hashed, and written as a canonical tensor
 object only if the store lacks it. Peak memory is about the largest tensor.
+
+A folder's `model.sig` (an OpenSSF model signature of the folder, not part of the model) is
+never stored; under a trust policy it is verified before anything is written, and the
+signer is recorded in the bank's provenance.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, WEIGHTS,
 from .digest import PREFIX, is_digest
 from .errors import InputError, SchemaError, WeightbankError
 from .file_range import FileRange
+from .folder_signing import SIGNATURE_FILE, verify_folder
 from .hash_cache import HashCache, file_identity
 from .json_input import parse_json_object
 from .manifests import validate_manifest
@@ -33,6 +38,7 @@ from .progress import byte_progress
 from .provenance import new_activity
 from .safetensors_format import SafetensorsHeader, TensorEntry, read_header
 from .store import Store
+from .trust import TrustPolicy
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Other serialisations of the same weights: never stored, listed as skipped.
@@ -57,6 +63,7 @@ class FolderScan:
     weights: list[WeightFile]
     files: dict[str, Path]
     skipped: list[str] = field(default_factory=list)
+    signed_by: dict[str, str] | None = None  # who signed the folder's model.sig, once verified
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: e.shape for w in self.weights for name, e in w.header.tensors.items()}
@@ -229,6 +236,9 @@ def _other_files(root: Path, weight_names: set[str]) -> tuple[dict[str, Path], l
             rel = path.relative_to(root).as_posix()
             if name.startswith(".") or rel in weight_names:
                 continue
+            if rel == SIGNATURE_FILE:
+                skipped.append(f"{rel} (the folder's signature; --require-signed checks it)")
+                continue
             top_level = "/" not in rel
             if name.endswith(PICKLE_SUFFIXES + FOREIGN_WEIGHT_SUFFIXES) or (
                 top_level and name.endswith(".safetensors")
@@ -249,15 +259,19 @@ def ingest_folder(
     show_progress: bool = False,
     rehash: bool = False,
     force_type: bool = False,
+    policy: TrustPolicy | None = None,
 ) -> IngestResult:
     """Ingest a model or adapter folder as the next version of ref `name`.
 
     Weight files already ingested and unchanged since (same inode, size, mtime, ctime) are not
     re-read unless `rehash` is set. A new version keeps the kind of bank `name` holds (a base
     stays a base) unless `force_type`. Provenance records the folder's name, not its path.
+    With a `policy`, the folder's `model.sig` must be signed by a key it trusts.
     """
     check_ref_name(name)
+    signer = verify_folder(Path(folder), policy) if policy is not None else None  # before a file is parsed
     scan = scan_folder(folder)
+    scan.signed_by = signer.to_provenance() if signer is not None else None
     parents: list[Parent] = []
     if scan.kind == "adapter":
         base_bank = _adapter_base(store, base, scan)
@@ -305,14 +319,19 @@ def _manifest(
         tensors=tensors,
         files=files,
         parents=parents,
-        activity=new_activity(
-            "ingest", {"source": scan.folder.resolve().name, "format": f"{scan.kind}-folder"}, message
-        ),
+        activity=new_activity("ingest", _parameters(scan), message),
         config=scan.config if scan.kind == "base" else None,
         peft_config=scan.config if scan.kind == "adapter" else None,
         safetensors_metadata=metadata or None,
         metadata=source_layout({weight.path.name: weight.header.tensors for weight in scan.weights}),
     )
+
+
+def _parameters(scan: FolderScan) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"source": scan.folder.resolve().name, "format": f"{scan.kind}-folder"}
+    if scan.signed_by is not None:
+        parameters["signature"] = scan.signed_by
+    return parameters
 
 
 def _check_storable(scan: FolderScan, parents: list[Parent], message: str) -> None:

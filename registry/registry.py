@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import trust
 from .audit import CheckReport, audit, fsck
 from .errors import InputError, NotFoundError
 from .export import ExportResult, export_bank
@@ -17,7 +18,9 @@ from .provenance import Lineage, build_lineage
 from .refs import RefEntry, parse_ref
 from .remotes import DEFAULT_JOBS, Remote, TransferResult, config, transfer
 from .remotes.urls import open_remote
+from .signing import Signer, SignResult, require_signed, sign, signers
 from .store import Store
+from .trust import TrustedKey, TrustPolicy
 
 
 @dataclass(frozen=True)
@@ -56,23 +59,38 @@ class Registry:
         message: str = "",
         rehash: bool = False,
         force_type: bool = False,
+        policy: TrustPolicy | None = None,
     ) -> IngestResult:
         """Ingest a Hugging Face model folder, or a PEFT adapter folder (`base` required), as `name`.
 
         Unchanged weight files seen before are not re-read; `rehash=True` reads them anyway. A new
         version keeps the bank type `name` holds unless `force_type` (a typo cannot turn a base
-        into an adapter).
+        into an adapter). `policy` (see `trust_policy`): the folder's OpenSSF `model.sig` must be
+        signed by a trusted key; the signer is recorded in provenance.
         """
         return ingest_folder(
             self.store, folder, name, base=base, message=message, show_progress=self.progress, rehash=rehash,
-            force_type=force_type,
+            force_type=force_type, policy=policy,
         )  # fmt: skip
 
-    def export(self, ref: str, out_dir: str | Path, *, max_shard_size: int | str | None = None) -> ExportResult:
+    def export(
+        self,
+        ref: str,
+        out_dir: str | Path,
+        *,
+        max_shard_size: int | str | None = None,
+        sign_key: str | Path | None = None,
+        policy: TrustPolicy | None = None,
+    ) -> ExportResult:
         """Write a base or adapter bank as a folder `from_pretrained` loads: in the source
         checkpoint's own shards where it came from one, else as save_pretrained would shard it
-        (unless `max_shard_size` is given)."""
-        return export_bank(self.store, ref, out_dir, max_shard_size=max_shard_size, show_progress=self.progress)
+        (unless `max_shard_size` is given). `sign_key` (ECDSA P-256 PEM): also write `model.sig`,
+        the OpenSSF model-signing signature of the folder; `policy`: refuse a bank that is not
+        signed by a trusted key."""
+        return export_bank(
+            self.store, ref, out_dir, max_shard_size=max_shard_size, show_progress=self.progress,
+            sign_key=Path(sign_key) if sign_key is not None else None, policy=policy,
+        )  # fmt: skip
 
     def resolve(self, ref: str) -> str:
         """The manifest digest `ref` names."""
@@ -123,9 +141,44 @@ class Registry:
         """The provenance DAG of `ref`."""
         return build_lineage(self.store, self.store.resolve(ref))
 
-    def audit(self, ref: str) -> CheckReport:
-        """Re-verify `ref`'s whole closure: schemas, object digests, parents."""
-        return audit(self.store, ref, show_progress=self.progress)
+    def audit(self, ref: str, *, policy: TrustPolicy | None = None) -> CheckReport:
+        """Re-verify `ref`'s whole closure: schemas, object digests, parents, signatures; with a
+        `policy`, every manifest in it must be signed by a trusted key."""
+        return audit(self.store, ref, show_progress=self.progress, policy=policy)
+
+    def sign(self, ref: str, key: str | Path) -> SignResult:
+        """Sign the manifest `ref` names with the private key in the PEM file `key` (ECDSA
+        P-256 or Ed25519); nothing is written if this key has already signed it.
+
+        Example:
+            >>> reg.sign("llama-1b@v1", "release.pem")            # doctest: +SKIP
+        """
+        return sign(self.store, ref, Path(key))
+
+    def signers(self, ref: str) -> list[Signer]:
+        """Every signature attached to the manifest `ref` names, checked, oldest first."""
+        return signers(self.store, self.store.resolve(ref))
+
+    def trust_add(self, name: str, public_key: str | Path) -> TrustedKey:
+        """Trust the public key in the PEM file `public_key` under `name` (this store's trust list)."""
+        return trust.add(self.store, name, Path(public_key))
+
+    def trust_ls(self) -> list[TrustedKey]:
+        """The keys this store trusts, by name."""
+        return [key for _name, key in sorted(trust.load(self.store).items())]
+
+    def trust_rm(self, name: str) -> TrustedKey:
+        """Stop trusting the key named `name`."""
+        return trust.remove(self.store, name)
+
+    def trust_policy(self, trusted_keys: list[str | Path] | tuple[str | Path, ...] = ()) -> TrustPolicy:
+        """The trust list plus `trusted_keys` (public key PEM files), for `policy=` arguments;
+        InputError if that is no key at all."""
+        return trust.policy(self.store, [Path(path) for path in trusted_keys])
+
+    def require_signed(self, refs: list[str], policy: TrustPolicy, what: str = "") -> None:
+        """SignatureError unless `policy` accepts every bank `refs` name and their closures."""
+        require_signed(self.store, [self.store.resolve(ref) for ref in refs], policy, what or ", ".join(refs))
 
     def fsck(self) -> CheckReport:
         """Verify every ref, manifest and object in the store."""
@@ -179,13 +232,22 @@ class Registry:
         )  # fmt: skip
 
     def pull(
-        self, remote: str, refs: list[str], *, lazy: bool = False, jobs: int | None = None, rename: str | None = None
+        self,
+        remote: str,
+        refs: list[str],
+        *,
+        lazy: bool = False,
+        jobs: int | None = None,
+        rename: str | None = None,
+        policy: TrustPolicy | None = None,
     ) -> TransferResult:
         """Fetch `refs` from a remote (a name, or a URL) with everything they need that this store
         lacks, every object verified before it is stored; objects already here are verified too
         and replaced if damaged. With `lazy`, objects stay on the remote and are fetched when
         something reads them (e.g. compose). Local versions are never rewritten: if a ref's
         histories diverged, ConflictError; `rename` imports the one ref under another name.
+        `policy`: SignatureError, and nothing written, if a version pulled is not signed by a
+        trusted key (see `trust_policy`).
 
         Example:
             >>> reg.pull("origin", ["my-lora"], lazy=True)        # doctest: +SKIP
@@ -199,7 +261,7 @@ class Registry:
             config.mark_lazy(self.store, source.name)
         return transfer.pull(
             self.store, open_remote(source.url), _some(refs), label=source.name or source.url,
-            jobs=jobs or DEFAULT_JOBS, progress=self.progress, lazy=lazy, rename=rename,
+            jobs=jobs or DEFAULT_JOBS, progress=self.progress, lazy=lazy, rename=rename, policy=policy,
         )  # fmt: skip
 
 

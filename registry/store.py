@@ -1,4 +1,4 @@
-"""A store: objects, manifests and refs on one backend, and ref resolution across them."""
+"""A store: objects, manifests, their signatures and refs on one backend, and ref resolution across them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .naming import close_names, with_article
 from .objects import ObjectStore
 from .provenance import current_agent, parents_of, utc_now
 from .refs import TOMBSTONE, RefEntry, RefStore, parse_ref
+from .signatures import SignatureStore
 
 ENV_HOME = "WEIGHTBANK_HOME"
 _HEX_PREFIX = re.compile(r"[0-9a-f]{8,64}")
@@ -28,7 +29,7 @@ def default_location() -> str:
 
 
 class Store:
-    """Objects, manifests and refs under one root (a folder or any fsspec URL)."""
+    """Objects, manifests, signatures and refs under one root (a folder or any fsspec URL)."""
 
     def __init__(
         self, location: str | Path | None = None, backend: Backend | None = None, *, fetch_lazily: bool = True
@@ -39,6 +40,7 @@ class Store:
         self.objects = ObjectStore(self.backend, fetch=self._fetch_missing if fetch_lazily else None)
         self.manifests = ManifestStore(self.backend)
         self.refs = RefStore(self.backend)
+        self.signatures = SignatureStore(self.backend)
         self.progress = False  # progress bars for objects fetched on demand (see remotes.lazy)
 
     @property

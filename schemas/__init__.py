@@ -11,7 +11,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-NAMES = ("common", "bank", "composition", "ref-entry", "architecture")
+NAMES = ("common", "bank", "composition", "ref-entry", "architecture", "signature")
 BASE_URI = "https://weightbank.dev/mes/v1/"
 
 

@@ -11,7 +11,7 @@ import transformers
 
 from weightbank.composer.tiny_models import save_tiny_model
 
-from helpers import Cli
+from helpers import Cli, write_key_pair
 
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
@@ -52,3 +52,14 @@ def store_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def wb(store_dir: Path) -> Cli:
     return Cli(store_dir)
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Key pairs (private PEM, public PEM) for the signing tests: alice and bob (ECDSA P-256),
+    carol (Ed25519), and kinds weightbank refuses: rsa, p384; `locked` is encrypted."""
+    folder = tmp_path_factory.mktemp("keys")
+    kinds = {"alice": "p256", "bob": "p256", "carol": "ed25519", "rsa": "rsa", "p384": "p384"}
+    made = {name: write_key_pair(folder, name, kind) for name, kind in kinds.items()}
+    made["locked"] = write_key_pair(folder, "locked", password=b"sesame")
+    return made

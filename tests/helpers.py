@@ -68,3 +68,33 @@ def make_lora(base_folder: Path, out: Path, seed: int = 0, **config: object) -> 
                 param.mul_(1 + 0.2 * torch.rand_like(param)).add_(0.01)
     peft_model.save_pretrained(out)
     return out
+
+
+def write_key_pair(folder: Path, name: str, kind: str = "p256", password: bytes | None = None) -> tuple[Path, Path]:
+    """A fresh key pair as PEM files `NAME.pem` (private, PKCS#8; encrypted with `password`) and
+    `NAME.pub.pem`. `kind`: p256, p384, ed25519 or rsa."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    makers = {
+        "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
+        "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
+        "ed25519": ed25519.Ed25519PrivateKey.generate,
+        "rsa": lambda: rsa.generate_private_key(65537, 2048),
+    }
+    key = makers[kind]()
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def key_id(public: Path) -> str:
+    """The key id weightbank should give the public key in `public`: sha256 of its PEM."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(public.read_bytes()).hexdigest()

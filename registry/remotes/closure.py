@@ -4,9 +4,10 @@
 ones before it), `NAME@vN` the entries up to N, and `blake3:…` one manifest without any ref.
 The manifests carried are those of the versions live in what is carried (a removed
 version's entry travels, its data does not); every manifest brings its parents,
-transitively, and every bank manifest its objects. Object sizes
+transitively, its signatures, and every bank manifest its objects. Object sizes
 come from the manifests (a tensor object is a canonical header plus the tensor's bytes), so
-computing a closure reads no object.
+computing a closure reads no object (signatures are read: they are small, and a pull under
+a trust policy checks them before anything is written).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from ..store import Store
 
 @dataclass
 class Closure:
-    """Ref histories (oldest first), manifests (canonical bytes, verified) and objects (sizes)."""
+    """Ref histories (oldest first), manifests (canonical bytes, verified), objects (sizes)
+    and the signatures attached to the manifests in `source` (manifest → digest → bytes, as stored)."""
 
     histories: dict[str, list[RefEntry]] = field(default_factory=dict)
     manifests: dict[str, bytes] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)
+    signatures: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 def compute(source: Store, refs: Iterable[str], *, have: Store | None = None) -> Closure:
@@ -68,4 +71,6 @@ def compute(source: Store, refs: Iterable[str], *, have: Store | None = None) ->
             for file in bank.files.values():
                 closure.objects[file.digest] = file.bytes
         pending.extend(parent["digest"] for parent in parents_of(document))
+    for manifest, signatures in source.signatures.attached(closure.manifests).items():
+        closure.signatures[manifest] = {digest: source.signatures.read(manifest, digest) for digest in signatures}
     return closure

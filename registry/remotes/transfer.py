@@ -7,7 +7,12 @@
    matches its digest (`ObjectStore.add_verified`). Writes are grouped in the receiving
    backend's `batch()`: one Hub commit, or one local sync, per group of at most GROUP_FILES
    files and GROUP_BYTES bytes. Manifests go with the last group, after every object.
-4. Ref entries last, create-only (see `history`), so a ref never names anything missing.
+4. Signatures of those manifests that the receiving side lacks (create-only; only those that
+   hold — a damaged or forged one stays behind, with a warning).
+5. Ref entries last, create-only (see `history`), so a ref never names anything missing.
+
+Under a trust policy (`pull --require-signed`), the closure's manifests and signatures are
+checked before step 3: a pull that would name an untrusted bank writes nothing at all.
 
 An interrupted transfer leaves complete objects (S3: each one; a folder or the Hub: each
 finished group) and no partial ones; a re-run lists again and sends only the rest.
@@ -15,7 +20,9 @@ finished group) and no partial ones; a re-run lists again and sends only the res
 
 from __future__ import annotations
 
+import json
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -23,13 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
 from ..digest import hex_of
-from ..errors import ConflictError, InputError, IntegrityError, NotFoundError, RemoteError
+from ..errors import ConflictError, InputError, IntegrityError, NotFoundError, RemoteError, WeightbankWarning
 from ..manifests import MANIFESTS_DIR, manifest_path
 from ..names import check_ref_name
 from ..objects import OBJECTS_DIR
 from ..progress import Advance, byte_progress
-from ..refs import History, RefEntry, encode_entry
+from ..refs import History, RefEntry, encode_entry, parse_ref
+from ..signatures import VALID, SignatureCheck, check_signature
 from ..store import Store
+from ..trust import TrustPolicy, refusals, require
 from . import closure, history
 
 DEFAULT_JOBS = 8
@@ -44,8 +53,8 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class TransferResult:
     """What a push or pull moved. `remote`: its name (or URL); `bytes` counts every payload
-    byte sent: objects, manifests and ref entries; `present`: objects of the closure the
-    receiving side already had."""
+    byte sent: objects, manifests, signatures and ref entries; `present`: objects of the
+    closure the receiving side already had; `signatures`: signatures attached on the receiving side."""
 
     remote: str
     objects: int
@@ -56,6 +65,7 @@ class TransferResult:
     present: int
     repaired: list[str] = field(default_factory=list)  # pull: damaged local objects replaced from the remote
     lazy: bool = False  # pull --lazy: objects were left on the remote
+    signatures: int = 0
 
 
 def read_chunks(stream: BinaryIO, advance: Advance) -> Iterator[bytes]:
@@ -107,13 +117,17 @@ def pull(
     progress: bool,
     lazy: bool = False,
     rename: str | None = None,
+    policy: TrustPolicy | None = None,
 ) -> TransferResult:
     """Fetch `refs` (with their closure) from `remote` into `local`; with `lazy`, everything
     but the objects (they are fetched when read, see `lazy`). Objects the local store already
     has are verified, and replaced from the remote if damaged. `rename`: import the one ref
-    named under this local name (for histories that diverged)."""
+    named under this local name (for histories that diverged). `policy`: refuse, before
+    writing anything, if a new version or a digest pulled is not accepted (see `trust`)."""
     with _failures_named(f"pull from {label}"):
-        return _pull(local, remote, refs, label=label, jobs=jobs, progress=progress, lazy=lazy, rename=rename)
+        return _pull(
+            local, remote, refs, label=label, jobs=jobs, progress=progress, lazy=lazy, rename=rename, policy=policy
+        )
 
 
 def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int, progress: bool) -> TransferResult:
@@ -125,8 +139,10 @@ def _push(local: Store, remote: Store, refs: list[str], *, label: str, jobs: int
         objects = missing(remote, OBJECTS_DIR, need.objects, pool)
         manifests = missing(remote, MANIFESTS_DIR, need.manifests, pool)
         sent = _copy(local, remote, need, objects, manifests, pool, f"push {label}", progress)
+    signatures = _attach_signatures(remote, need)
     published = [e for name, ours in need.histories.items() for e in _publish(remote, name, ours, theirs[name], label)]
-    return _result(label, need, objects, sent, manifests, published, present=len(need.objects) - len(objects))
+    present = len(need.objects) - len(objects)
+    return _result(label, need, objects, sent, manifests, published, signatures, present=present)
 
 
 def _pull(
@@ -139,27 +155,78 @@ def _pull(
     progress: bool,
     lazy: bool,
     rename: str | None,
+    policy: TrustPolicy | None,
 ) -> TransferResult:
     need = closure.compute(remote, refs, have=local)
     if rename is not None:
         if len(need.histories) != 1:
             raise InputError("pull --as imports one ref: name exactly one ref NAME")
-        ((name, theirs),) = need.histories.items()
+        ((_, theirs),) = need.histories.items()
         need.histories = {check_ref_name(rename): history.renamed(theirs, rename)}
     ours = {name: local.refs.entries(name) for name in need.histories}
     appends = {name: history.incoming(name, ours[name], theirs, label) for name, theirs in need.histories.items()}
+    new = [entry for name, entries in appends.items() for entry in _live(History(name, ours[name] + entries), entries)]
+    if policy is not None:
+        digests = [remote.resolve(ref) for ref in refs if parse_ref(ref).name is None]
+        _require_trusted(local, need, new, digests, policy, f"pull from {label}")
     with ThreadPoolExecutor(jobs) as pool:
         objects, repaired = ([], []) if lazy else _to_fetch(local, need.objects, pool)
         manifests = missing(local, MANIFESTS_DIR, need.manifests, pool)
         received = _copy(remote, local, need, objects, manifests, pool, f"pull {label}", progress)
-    for name, entries in appends.items():
-        live = {entry.version for entry in History(name, ours[name] + entries).live()}
-        for entry in entries:
-            if entry.version in live:
-                local.pin(entry.manifest)  # what the new versions name survives a gc running now
+    signatures = _attach_signatures(local, need)
+    for entry in new:
+        local.pin(entry.manifest)  # what the new versions name survives a gc running now
     added = [local.refs.append(entry) for entries in appends.values() for entry in entries]
     present = 0 if lazy else len(need.objects) - len(objects)
-    return _result(label, need, objects, received, manifests, added, present=present, repaired=repaired, lazy=lazy)
+    return _result(
+        label, need, objects, received, manifests, added, signatures, present=present, repaired=repaired, lazy=lazy
+    )
+
+
+def _live(history: History, entries: list[RefEntry]) -> list[RefEntry]:
+    """Those of `entries` that are live in `history` (the versions a pull makes visible)."""
+    live = {entry.version for entry in history.live()}
+    return [entry for entry in entries if entry.version in live]
+
+
+def _require_trusted(
+    local: Store, need: closure.Closure, new: list[RefEntry], digests: list[str], policy: TrustPolicy, what: str
+) -> None:
+    """SignatureError unless `policy` accepts every new version and digest pulled, judged on
+    the manifests and signatures the pull is about to bring in (and those already here)."""
+    names: dict[str, list[str]] = {}
+    for entry in new:
+        names.setdefault(entry.manifest, []).append(entry.label)
+
+    def document(digest: str) -> dict[str, Any]:
+        return json.loads(need.manifests[digest]) if digest in need.manifests else local.manifests.get(digest)
+
+    def checks(digest: str) -> list[SignatureCheck]:
+        incoming = [check_signature(digest, s, data) for s, data in need.signatures.get(digest, {}).items()]
+        return incoming + (local.signatures.checks(digest) if local.manifests.has(digest) else [])
+
+    label = lambda digest: ", ".join(names.get(digest, []))  # noqa: E731
+    require(refusals([*names, *digests], policy, document, checks, label), what)
+
+
+def _attach_signatures(dst: Store, need: closure.Closure) -> list[int]:
+    """Attach to `dst` the closure's signatures it lacks, all in one batch (one Hub commit),
+    after the manifests and before any ref; only those that hold travel. Their sizes."""
+    have = dst.signatures.attached(need.signatures)
+    sizes = []
+    with dst.backend.batch():
+        for manifest, signatures in sorted(need.signatures.items()):
+            for digest, data in sorted(signatures.items()):
+                if digest in have.get(manifest, []):
+                    continue
+                check = check_signature(manifest, digest, data)
+                if check.status != VALID:
+                    problem = f"signature {digest} of manifest {manifest} not carried: {check.problem}"
+                    warnings.warn(problem, WeightbankWarning, stacklevel=2)
+                    continue
+                dst.signatures.add(manifest, data)
+                sizes.append(len(data))
+    return sizes
 
 
 def _to_fetch(local: Store, wanted: dict[str, int], pool: Executor) -> tuple[list[str], list[str]]:
@@ -200,13 +267,15 @@ def _result(
     object_bytes: int,
     manifests: list[str],
     entries: list[RefEntry],
+    signatures: list[int],
     **rest: Any,
 ) -> TransferResult:
-    """What moved: the bytes of the objects copied, the manifests and the ref entries."""
+    """What moved: the bytes of the objects copied, the manifests, the signatures and the ref entries."""
     sizes = sum(len(need.manifests[d]) for d in manifests) + sum(len(encode_entry(e)) for e in entries)
     return TransferResult(
         remote=label, objects=len(objects), object_bytes=object_bytes, manifests=len(manifests),
-        refs=[f"{e.name}@v{e.version}" for e in entries], bytes=object_bytes + sizes, **rest,
+        refs=[f"{e.name}@v{e.version}" for e in entries], bytes=object_bytes + sizes + sum(signatures),
+        signatures=len(signatures), **rest,
     )  # fmt: skip
 
 
