@@ -23,6 +23,8 @@ from pathlib import Path
 
 from weightbank.registry import Registry
 
+from helpers import write_key_pair
+
 MEDIUM_MODEL = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=8, vocab_size=4096)
 
 
@@ -80,11 +82,18 @@ def _scenario(kind: str, work: Path, folders: dict[str, Path]) -> Scenario:
         Registry(remote).ingest(folders["other"], "theirs")
         return Scenario(store, weightbank("--store", store, "pull", f"file://{remote}", "theirs"),
                         lambda: registry.audit("theirs").ok)  # fmt: skip
-    if kind == "gc":
+    if kind == "gc":  # signed banks: gc removes the signatures of what it removes first
         registry.ingest(folders["other"], "old")
+        key, _ = write_key_pair(work, "signer")
+        for ref in ("base", "old"):
+            registry.sign(ref, key)
         registry.rm("old")
-        return Scenario(store, weightbank("--store", store, "gc", "--grace", "0"),
-                        lambda: registry.audit("base").ok and not registry.gc(grace_seconds=0).objects)  # fmt: skip
+
+        def done() -> bool:
+            finished = not registry.gc(grace_seconds=0).objects and len(list(registry.store.signatures)) == 1
+            return registry.audit("base").ok and len(registry.signers("base")) == 1 and finished
+
+        return Scenario(store, weightbank("--store", store, "gc", "--grace", "0"), done)
     raise ValueError(kind)
 
 

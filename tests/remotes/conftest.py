@@ -115,15 +115,25 @@ class RemoteUnderTest:
         """Flip the last byte of the file at `path` on the remote."""
         data = bytearray(self.files()[path])
         data[-1] ^= 0xFF
-        if self.kind == "file":
-            target = self.where / path
-            target.chmod(0o644)
-            target.write_bytes(bytes(data))
-        elif self.kind == "s3":
-            boto3.client("s3").put_object(Bucket=self.where, Key=f"{BUCKET_PREFIX}/{path}", Body=bytes(data))
-        else:
+        if self.kind == "hub":
             double, repo = self.where
             double.corrupt(repo, path)
+        else:
+            self.put(path, bytes(data))
+
+    def put(self, path: str, data: bytes) -> None:
+        """Write a file at `path` on the remote, as someone with write access to it could."""
+        if self.kind == "file":
+            target = self.where / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.chmod(0o644)
+            target.write_bytes(data)
+        elif self.kind == "s3":
+            boto3.client("s3").put_object(Bucket=self.where, Key=f"{BUCKET_PREFIX}/{path}", Body=data)
+        else:
+            double, repo = self.where
+            double.commit_files(repo, {path: data})
 
 
 def new_remote(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> RemoteUnderTest:
