@@ -129,11 +129,12 @@ def signed_by(reg: Any, digest: str | None) -> str:
     """`log`'s cell: who signed `digest` (trusted names, else short key ids; BAD if it does not hold)."""
     from weightbank.registry.keys import short_key_id
     from weightbank.registry.signatures import VALID
+    from weightbank.registry.signing import signers
 
     if digest is None:
         return ""
     cells = [
         (s.trusted_as or short_key_id(s.check.key_id or "?")) + ("" if s.check.status == VALID else " BAD")
-        for s in reg.signers(digest)
+        for s in signers(reg.store, digest)  # a removed version's manifest may be gone: no resolving
     ]
     return "signed: " + ", ".join(cells) if cells else ""
