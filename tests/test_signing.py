@@ -201,6 +201,14 @@ def test_a_composition_is_accepted_only_when_every_bank_it_reads_is_signed(
     one_error_line(wb("export", "merged", tmp_path / "m", "--require-signed", ok=False), "merged@v1 (", "unsigned")
     wb("sign", "merged", "--key", alice)
     wb("export", "merged", tmp_path / "m", "--require-signed")
+    # The stored composition (the recipe): covered by merged's signature, signable on its own.
+    parents = json.loads(wb("show", "merged", "--json").stdout)["manifest"]["provenance"]["parents"]
+    (recipe,) = [parent["digest"] for parent in parents if parent["role"] == "composition"]
+    refused = wb("audit", recipe, "--require-signed", ok=False).stdout
+    assert f"BAD manifest {recipe}: not accepted by the trust policy: unsigned" in refused
+    wb("sign", recipe, "--key", alice)
+    assert "composition" in wb("show", recipe).stdout.splitlines()[0]
+    assert wb("audit", recipe, "--require-signed").stdout.startswith(f"ok: {recipe} — 1 manifests")
     # An adapter whose base is unsigned is refused, the base named.
     wb("ingest", tiny_folders("llama", seed=1), "--name", "tiny2")
     wb("ingest", lora, "--name", "lora2", "--base", "tiny2")
