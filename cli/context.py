@@ -9,9 +9,9 @@ from typing import IO, Any
 
 import click
 
-# Commands that may bring a store into being (`prism fit` from activation files); every other
-# command needs one to exist.
-CREATES_STORE = frozenset({"ingest", "pull", "remote add", "demo", "prism fit"})
+# Commands that may bring a store into being (`prism fit` from activation files, `trust add`
+# before a first pull); every other command needs one to exist.
+CREATES_STORE = frozenset({"ingest", "pull", "remote add", "trust add", "demo", "prism fit"})
 # The exit status of a process killed by SIGPIPE (128 + 13): what git gives for `git log | head`.
 BROKEN_PIPE_STATUS = 141
 
@@ -86,7 +86,7 @@ def command_path(ctx: click.Context) -> str:
 
 def registry(ctx: click.Context) -> Any:
     """The Registry for this invocation, made on first use. A local store must exist, except
-    for the commands that create one (ingest, pull, remote add, demo)."""
+    for the commands that create one (ingest, pull, remote add, trust add, demo)."""
     state = ctx.find_root().obj
     if "registry" not in state:
         from weightbank.registry import Registry

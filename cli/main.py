@@ -281,7 +281,9 @@ def _report(report: Any, as_json: bool, what: str) -> None:
     if as_json:
         print_json(report.to_json())
     elif report.ok:
-        signatures = f", {report.signatures} signatures" if report.signatures else ""
+        from weightbank.registry.naming import plural
+
+        signatures = f", {plural(report.signatures, 'signature')}" if report.signatures else ""
         click.echo(f"ok: {what} — {report.manifests} manifests, {report.objects} objects{signatures} verified")
     else:
         for problem in report.problems:

@@ -120,7 +120,29 @@ BAD_INPUT: dict[str, list[Bad]] = {
         Bad("consolidate", "ghost", "--prune-keep", "0.5", "--parent", "m", "-m", "x"),
         Bad("consolidate", "m", "--prune-keep", "0.5", "--parent", "m", "-m", "x", store="missing"),
     ],
+    "sign": [
+        Bad("sign", "m"),
+        Bad("sign", "m", "--key", "/definitely/missing.pem"),
+        Bad("sign", "m", "--key", "{file}"),
+        Bad("sign", "m", "--key", "{folder}"),
+    ],
+    "trust add": [
+        Bad("trust", "add", "t", "/definitely/missing.pem"),
+        Bad("trust", "add", "t", "{file}"),
+        Bad("trust", "add", "../t", "{file}"),
+    ],
+    "trust ls": [Bad("trust", "ls", "extra"), Bad("trust", "ls", store="missing")],
+    "trust rm": [Bad("trust", "rm", "ghost"), Bad("trust", "rm", "ghost", store="missing")],
 }
+# --require-signed [--trusted-key PEM] on the commands that take it: no key trusted, or a bad key file.
+for _command, _args in (("audit", ("m",)), ("export", ("m", "{out}")), ("compose", ("m", "--dry-run")),
+                        ("verify", ("m",)), ("pull", ("file:///nonexistent-wb-remote", "m"))):  # fmt: skip
+    BAD_INPUT[_command] += [
+        Bad(_command, *_args, "--require-signed"),
+        Bad(_command, *_args, "--require-signed", "--trusted-key", "{file}"),
+        Bad(_command, *_args, "--trusted-key", "{file}"),
+    ]
+BAD_INPUT["ingest"] += [Bad("ingest", "{folder}", "--name", "y", "--require-signed", "--trusted-key", "{file}")]
 
 
 def command_paths(group: click.Group, prefix: str = "") -> Iterator[str]:

@@ -77,7 +77,8 @@ def test_sign_stores_a_signature_of_its_own_and_show_log_audit_list_who_signed(
     text = wb("show", "tiny").stdout
     assert f"signed by   {short_id(alice_pub)} alice (trusted)" in text
     assert f"signed by   {short_id(carol_pub)} (unknown key)" in text
-    assert f"signed: alice, {short_id(carol_pub)}" in wb("log", "tiny").stdout
+    (row,) = wb("log", "tiny").stdout.splitlines()
+    assert sorted(row.partition("signed: ")[2].split(", ")) == ["alice", short_id(carol_pub)]
     (entry,) = json.loads(wb("log", "tiny", "--json").stdout)
     assert {s["trusted_as"] for s in entry["signatures"]} == {"alice", None}
     assert "2 signatures verified" in wb("audit", "tiny", "--require-signed").stdout
@@ -248,7 +249,7 @@ def test_gc_keeps_the_signatures_of_what_it_keeps_and_removes_the_rest(
     assert gone in report["manifests"][0]
     left = signature_files(store_dir)
     assert len(left) == 1 and all(path.startswith(f"signatures/{keep[:2]}/{keep}.") for path in left)
-    assert wb("fsck").stdout.startswith("ok: store") and "1 signatures verified" in wb("audit", "keep").stdout
+    assert wb("fsck").stdout.startswith("ok: store") and "1 signature verified" in wb("audit", "keep").stdout
 
 
 def test_fsck_names_a_damaged_signature_and_its_bank(tiny_folders, wb: Cli, store_dir: Path, keys: Keys) -> None:

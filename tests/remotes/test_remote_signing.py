@@ -54,13 +54,13 @@ def test_push_carries_signatures_and_pull_require_signed_accepts_them(
     assert json.loads(ours("push", shared.url, "tiny", "--json").stdout)["signatures"] == 1
 
     theirs = Cli(tmp_path / "theirs")
-    pulled = json.loads(theirs("pull", shared.url, "lora", "--require-signed", "--trusted-key", keys["alice"][1],
-                               "--json").stdout)  # fmt: skip
+    theirs("trust", "add", "alice", keys["alice"][1])  # the first command: it makes the store
+    pulled = json.loads(theirs("pull", shared.url, "lora", "--require-signed", "--json").stdout)
     assert pulled["refs"] == ["lora@v1"] and pulled["signatures"] == 3
     base_digest = json.loads(ours("show", "tiny", "--json").stdout)["digest"]  # pulled as lora's parent, unnamed
     signers = json.loads(theirs("show", base_digest, "--json").stdout)["signatures"]
     assert sorted(s["key_id"] for s in signers) == sorted(key_id(keys[who][1]) for who in ("alice", "bob"))
-    theirs("audit", "lora", "--require-signed", "--trusted-key", keys["alice"][1])
+    theirs("audit", "lora", "--require-signed")
 
     stranger = tmp_path / "stranger"
     result = Cli(stranger)("pull", shared.url, "lora", "--require-signed", "--trusted-key", keys["carol"][1], ok=False)
