@@ -86,7 +86,7 @@ def command_path(ctx: click.Context) -> str:
 
 def registry(ctx: click.Context) -> Any:
     """The Registry for this invocation, made on first use. A local store must exist, except
-    for the commands that create one (ingest, pull, remote add, trust add, demo)."""
+    for the commands that create one (CREATES_STORE)."""
     state = ctx.find_root().obj
     if "registry" not in state:
         from weightbank.registry import Registry
