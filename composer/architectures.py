@@ -8,10 +8,13 @@ names, so a new family is a new table row.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from weightbank.registry.errors import InputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,25 @@ class Layout:
 
     def layer_prefix(self, layer: int) -> str:
         return self.family.tensors["layer"].format(i=layer) + "."
+
+    def layer_of(self, name: str) -> int | None:
+        """The layer a tensor belongs to; None for the others (embeddings, final norm, head)."""
+        before, _, after = self.family.tensors["layer"].partition("{i}")
+        match = re.match(rf"{re.escape(before)}(\d+){re.escape(after)}\.", name)
+        return int(match[1]) if match and int(match[1]) < self.value("layers") else None
+
+    def tensors_by_layer(self, tensors: dict[str, T]) -> dict[int, dict[str, T]]:
+        """Each layer's tensors by their name relative to the layer (`self_attn.q_proj.weight`)."""
+        found: dict[int, dict[str, T]] = {layer: {} for layer in range(self.value("layers"))}
+        for name, value in tensors.items():
+            layer = self.layer_of(name)
+            if layer is not None:
+                found[layer][name[len(self.layer_prefix(layer)) :]] = value
+        return found
+
+    def is_input_side(self, name: str) -> bool:
+        """Whether a non-layer tensor sits before the layers (token and position embeddings)."""
+        return any(self.has(role) and name.startswith(self.module(role) + ".") for role in ("embed", "pos_embed"))
 
     def out_axis(self, role: str) -> int:
         """Which axis of a linear weight indexes its outputs (0 for nn.Linear, 1 for Conv1D)."""

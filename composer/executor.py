@@ -32,6 +32,7 @@ from .tasks import (
     Load,
     LowRankUpdate,
     Mean,
+    Merge,
     Noise,
     Normalize,
     Scale,
@@ -128,6 +129,9 @@ class _Evaluation:
             return self._low_rank(task, out_dtype)
         if isinstance(task, IndexSelect):
             return self._select(task, out_dtype)
+        if isinstance(task, Merge):
+            values = [self.run(source)[0] for source in task.sources]
+            return task.kernel(values, out_dtype or torch.float32, **dict(task.parameters)), True
         if isinstance(task, Load):
             # Loaded tensors are backed by the object's (copy-on-write) memory map: writing
             # into them would fault in a private copy page by page, so they are not "owned".

@@ -5,14 +5,16 @@ expressions are equal values (frozen dataclasses), so a tensor used by several t
 recognised and computed once. Shapes and dtypes are known when a task is built, so every
 shape problem is found at plan time, before a byte is read.
 
-Arithmetic (`Add`, `Scale`, `Mean`, `LowRankUpdate`, `Normalize`) is done in float32; structural tasks
-(`Slice`, `Concat`, `IndexSelect` without factors) keep their input's dtype.
+Arithmetic (`Add`, `Scale`, `Mean`, `LowRankUpdate`, `Normalize`, `Merge`) is done in float32;
+structural tasks (`Slice`, `Concat`, `IndexSelect` without factors) keep their input's dtype.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from weightbank.registry.safetensors_format import DTYPE_SIZES
 
@@ -288,6 +290,29 @@ class Normalize(_Arithmetic):
 
     def inputs(self) -> tuple[Task, ...]:
         return (self.src, self.magnitude)
+
+
+@dataclass(frozen=True)
+class Merge(_Arithmetic):
+    """A merge method over same-shaped tensors: `kernel(values, out_dtype, **parameters)`.
+
+    The kernel (a module-level function of a `merge.*` operator) gets the sources as they are
+    (memory-mapped, in their stored dtype; it must not change them), works in float32 chunk by
+    chunk and returns the result in `out_dtype`, rounded once. `parameters` are this tensor's
+    resolved values, as hashable (name, value) pairs.
+    """
+
+    kernel: Callable[..., Any]
+    sources: tuple[Task, ...]
+    parameters: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        shapes = {s.shape for s in self.sources}
+        if len(shapes) != 1:
+            raise ShapeError(f"cannot merge tensors of shapes {', '.join(str(list(s)) for s in sorted(shapes))}")
+
+    def inputs(self) -> tuple[Task, ...]:
+        return self.sources
 
 
 @dataclass(frozen=True)

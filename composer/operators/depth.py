@@ -32,7 +32,7 @@ from typing import Any
 from ..architectures import Layout
 from ..growth import choice_parameter, int_parameter, noise_parameter, source_is_oracle, with_config
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
-from ..tasks import Fill, Task
+from ..tasks import Fill
 
 NAME = "expand.depth"
 oracle = source_is_oracle  # the step preserves the function
@@ -105,9 +105,9 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
     layers = layout.value("layers")
     order = layer_order(layers, step, method)
 
-    by_layer = _tensors_by_layer(state, layout, layers)
+    by_layer = layout.tensors_by_layer(state.tensors)
     writers = _writer_names(layout)
-    tensors = {name: task for name, task in state.tensors.items() if _layer_of(name, layout, layers) is None}
+    tensors = {name: task for name, task in state.tensors.items() if layout.layer_of(name) is None}
     for target, (origin, new) in enumerate(order):
         for suffix, task in by_layer[origin].items():
             name = layout.layer_prefix(target) + suffix
@@ -125,19 +125,3 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
 def _writer_names(layout: Layout) -> set[str]:
     """Layer-relative names of the tensors that write into the residual stream."""
     return {f"{layout.family.tensors[role]}.{param}" for role in WRITERS for param in ("weight", "bias")}
-
-
-def _layer_of(name: str, layout: Layout, layers: int) -> int | None:
-    for layer in range(layers):
-        if name.startswith(layout.layer_prefix(layer)):
-            return layer
-    return None
-
-
-def _tensors_by_layer(state: ModelState, layout: Layout, layers: int) -> dict[int, dict[str, Task]]:
-    found: dict[int, dict[str, Task]] = {layer: {} for layer in range(layers)}
-    for name, task in state.tensors.items():
-        layer = _layer_of(name, layout, layers)
-        if layer is not None:
-            found[layer][name[len(layout.layer_prefix(layer)) :]] = task
-    return found
