@@ -29,9 +29,10 @@ class Probe:
 class OracleContext:
     """Exports banks into a scratch folder for the peers to load."""
 
-    def __init__(self, store: Store, scratch: Path) -> None:
+    def __init__(self, store: Store, scratch: Path, base: str | None = None) -> None:
         self.store = store
         self.scratch = scratch
+        self.base = base  # digest of the composition's base bank, when there is one
         self._exported: dict[str, Path] = {}
 
     def export(self, ref: str) -> Path:

@@ -121,7 +121,7 @@ def verify(
         tempfile.TemporaryDirectory(prefix="weightbank-verify-") as scratch,
         step_progress(2, "verify", show_progress, unit="model") as advance,
     ):
-        context = OracleContext(store, Path(scratch))
+        context = OracleContext(store, Path(scratch), plan.base.digest)
         oracle = context.load_model(against or plan.base.digest)
         effects: list[Effect] = []
         if against is None:

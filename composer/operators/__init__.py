@@ -18,7 +18,23 @@ from transformers import PreTrainedModel
 
 from ..model_state import BankSource, ModelState
 from ..oracle import OracleContext
-from . import depth, ema, ffn, heads, hidden, lora, prune, rope
+from . import (
+    depth,
+    ema,
+    ffn,
+    heads,
+    hidden,
+    lora,
+    merge_dare,
+    merge_linear,
+    merge_model_stock,
+    merge_passthrough,
+    merge_slerp,
+    merge_task_arithmetic,
+    merge_ties,
+    prune,
+    rope,
+)
 
 
 class Operator(Protocol):
@@ -38,4 +54,11 @@ OPERATORS: dict[str, Operator] = {
     rope.NAME: rope,
     ema.NAME: ema,
     prune.NAME: prune,
+    merge_linear.NAME: merge_linear,
+    merge_task_arithmetic.NAME: merge_task_arithmetic,
+    merge_ties.NAME: merge_ties,
+    merge_dare.NAME: merge_dare,
+    merge_slerp.NAME: merge_slerp,
+    merge_passthrough.NAME: merge_passthrough,
+    merge_model_stock.NAME: merge_model_stock,
 }
