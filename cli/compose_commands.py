@@ -11,6 +11,7 @@ import click
 
 from .arguments import spec_argument
 from .context import json_option, progress_enabled, registry
+from .merge_commands import mergekit_spec
 from .output import human_bytes, print_json
 from .signing_commands import trust_options
 
@@ -43,8 +44,9 @@ def compose(
     as_json: bool,
     policy: Any,
 ) -> None:
-    """Compose a model from SPEC (a composition manifest, JSON or YAML, `-` for stdin, or a bank ref).
-    With --require-signed, every bank it reads (and their inputs) must be signed by a trusted key."""
+    """Compose a model from SPEC (a composition manifest, JSON or YAML, `-` for stdin, a mergekit config,
+    or a bank ref). With --require-signed, every bank it reads (and their inputs) must be signed by a
+    trusted key."""
     from weightbank.composer import plan, save_model
     from weightbank.composer.build import build_model, resolve_device
     from weightbank.composer.executor import Executor
@@ -62,7 +64,8 @@ def compose(
     composition = spec_argument(ctx, spec)
     reg = registry(ctx)
     store = reg.store
-    the_plan = plan(composition, dtype=dtype, store=store)
+    planned, preview = mergekit_spec(ctx, composition, dry_run)
+    the_plan = preview or plan(planned, dtype=dtype, store=store)
     if policy is not None:
         reg.require_signed(list(the_plan.inputs), policy, f"composition {spec}")
     if dry_run:

@@ -15,6 +15,7 @@ from .consolidate_commands import consolidate
 from .context import BROKEN_PIPE_STATUS, WeightbankGroup, json_option, registry, silence_stdout
 from .growth_commands import analyze, expand, plan_command
 from .lineage_output import LINEAGE_FORMATS
+from .merge_commands import import_mergekit
 from .output import human_bytes, print_json, print_table
 from .prism_commands import prism
 from .remote_commands import pull, push, remote
@@ -413,6 +414,7 @@ cli.add_command(prism)
 cli.add_command(consolidate)
 cli.add_command(sign)
 cli.add_command(trust)
+cli.add_command(import_mergekit)
 
 
 def main() -> None:

@@ -216,7 +216,7 @@ def _with_trained(state: ModelState, expansion: Bank, problems: list[str]) -> Mo
 
 def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
     """Resolve, validate and plan a composition (see module docstring)."""
-    document = load_spec(spec)
+    document = load_spec(spec, store)
     problems: list[str] = []
     try:
         base, expansion = resolve_base(store, document["base"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,10 +26,15 @@ MAX_ALIASES = 32  # YAML `*alias` uses per manifest
 MAX_VALUES = 100_000  # strings, numbers, lists and mappings in the loaded document
 MAX_DEPTH = 64
 
+if TYPE_CHECKING:
+    from weightbank.registry.store import Store
 
-def load_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
+
+def load_spec(spec: str | Path | dict[str, Any], store: Store | None = None) -> dict[str, Any]:
     """A composition manifest from a dict, a .json/.yaml file (a `Path`, or a string written as a
     path or ending in one of those suffixes), or a bank ref (any other string: the bank alone).
+    A mergekit config (a document with `merge_method`) becomes its composition, its local model
+    folders ingested into `store` (see `mergekit_import`).
 
     Raises InputError for unreadable files and SchemaError for invalid manifests.
     """
@@ -42,6 +47,12 @@ def load_spec(spec: str | Path | dict[str, Any]) -> dict[str, Any]:
         document, where = read_spec_text(_read_bounded(path), str(path), json_only=path.suffix == ".json"), str(path)
     else:
         document, where = {"mes_version": "1", "base": spec, "steps": []}, f"composition {spec}"
+    if "merge_method" in document:
+        if store is None:
+            raise InputError(f"{where}: a mergekit config needs a store to resolve its models in")
+        from .mergekit_import import import_mergekit
+
+        document = import_mergekit(document, where, store).composition
     check_keys(document, where)
     validate(document, "composition", where if where.startswith("composition") else f"composition {where}")
     return document

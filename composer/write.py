@@ -124,7 +124,9 @@ def write_composition(
         tensors=records,
         files=files,
         parents=[Parent(composition, "composition"), *(Parent(d, role) for d, role in plan.inputs.items())],
-        activity=new_activity("compose", {"composition": composition, "dtype": plan.dtype}, message),
+        activity=new_activity(
+            "compose", {"composition": composition, "dtype": plan.dtype, "steps": plan.resolved_spec["steps"]}, message
+        ),
         config=plan.config,
         safetensors_metadata=DEFAULT_METADATA,
     )
