@@ -150,7 +150,7 @@ class _Loader:
     def models(self, entries: Any) -> list[_Slice]:
         if not isinstance(entries, list) or not entries:
             raise PlanProblem("models must be a non-empty list of {bank: REF, …parameters}")
-        sources = [s for i, e in enumerate(entries) if (s := self._source(e, i, "models", None)) is not None]
+        sources = [s for i, e in enumerate(entries) if (s := self._source(e, i, "models", False)) is not None]
         if self.method.needs_base and not any(s.is_base for s in sources):
             layers = self.layout.value("layers")
             base = self.source.base.digest
@@ -180,7 +180,7 @@ class _Loader:
             result.append(_Slice(sources, settings))
         return result
 
-    def _source(self, entry: Any, position: int, where: str, sliced: bool | None) -> _Source | None:
+    def _source(self, entry: Any, position: int, where: str, sliced: bool) -> _Source | None:
         allowed = {"bank", *(p.name for p in self.method.per_model)} | ({"layers"} if sliced else set())
         if not isinstance(entry, dict) or not isinstance(entry.get("bank"), str):
             self.problems.append(f"{where}: entry {entry!r} must be {{bank: REF, …}}")

@@ -38,6 +38,11 @@ class Trim(Protocol):
     """How one model's task vector is sparsified (hashable: it is part of a task)."""
 
     @property
+    def keeps_all(self) -> bool:
+        """Whether nothing is dropped (density ≥ 1: mergekit then leaves the vector as it is)."""
+        ...
+
+    @property
     def needs_statistics(self) -> bool:
         """Whether `prepare` must see the whole task vector (else it gets None)."""
         ...
@@ -119,7 +124,7 @@ def task_vector_kernel(
 
 
 def _fit(trim: Trim | None, other: torch.Tensor, base: torch.Tensor) -> Prepared | None:
-    if trim is None:
+    if trim is None or trim.keeps_all:
         return None
     if not trim.needs_statistics:
         return trim.prepare(None)

@@ -98,12 +98,14 @@ class RandomTrim:
     rescale: bool
 
     @property
+    def keeps_all(self) -> bool:
+        return self.density >= 1
+
+    @property
     def needs_statistics(self) -> bool:
-        return self.rescale and self.density < 1
+        return self.rescale
 
     def prepare(self, delta: torch.Tensor | None) -> Rescaled:
-        if self.density >= 1:
-            return Rescaled(lambda magnitudes, _span: torch.ones_like(magnitudes, dtype=torch.bool))
         stream = KeepStream(self.seed, self.tensor, self.position, self.density)
         if delta is None:
             return Rescaled(stream.keep)

@@ -108,12 +108,15 @@ class MagnitudeTrim:
     rescale: bool
 
     @property
+    def keeps_all(self) -> bool:
+        return self.density >= 1
+
+    @property
     def needs_statistics(self) -> bool:
-        return self.density < 1
+        return True
 
     def prepare(self, delta: torch.Tensor | None) -> Rescaled:
-        if delta is None:
-            return Rescaled(lambda magnitudes, _span: torch.ones_like(magnitudes, dtype=torch.bool))
+        assert delta is not None
         k = top_k(self.density, delta.numel())
         if k == 0:
             return Rescaled(lambda magnitudes, _span: torch.zeros_like(magnitudes, dtype=torch.bool))
