@@ -53,6 +53,19 @@ class Trim(Protocol):
 
 
 @dataclass(frozen=True)
+class DensityTrim:
+    """What TIES' and DARE's trims share: keep a `density` fraction of each task vector, and
+    L1-rescale what is kept when `rescale` is on."""
+
+    density: float
+    rescale: bool
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.density >= 1
+
+
+@dataclass(frozen=True)
 class Rescaled:
     """`delta · keep(span) · factor`: a trim's mask with mergekit's L1 rescale factor."""
 

@@ -39,7 +39,7 @@ from ..merge_parameters import BOOL, MergeMethod, Parameter
 from ..merging import TensorMerge, plan_merge
 from ..model_state import BankSource, ModelState
 from ..oracle import OracleContext
-from ..task_vectors import Rescaled, l1_factor, plan_task_vectors
+from ..task_vectors import DensityTrim, Rescaled, l1_factor, plan_task_vectors
 from ..tasks import Task
 from .merge_ties import DENSITY, INT8_MASK, LAMBDA, WEIGHT
 
@@ -88,18 +88,13 @@ def keep_mask(seed: int, tensor: str, position: int, numel: int, density: float)
 
 
 @dataclass(frozen=True)
-class RandomTrim:
-    """DARE's drop of one task vector, with mergekit's L1 rescale when asked."""
+class RandomTrim(DensityTrim):
+    """DARE's drop of one task vector (the stream of `seed`, `tensor`, `position`), with
+    mergekit's L1 rescale when asked."""
 
     seed: int
     tensor: str
     position: int
-    density: float
-    rescale: bool
-
-    @property
-    def keeps_all(self) -> bool:
-        return self.density >= 1
 
     @property
     def needs_statistics(self) -> bool:
@@ -120,7 +115,7 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
     def task(tensor: TensorMerge) -> Task:
         rescale = bool(tensor.parameters["rescale"])
         trims = [
-            RandomTrim(seed, tensor.name, c.position, float(c.parameters["density"]), rescale) for c in tensor.others
+            RandomTrim(float(c.parameters["density"]), rescale, seed, tensor.name, c.position) for c in tensor.others
         ]
         normalize, scale = tensor.parameters["normalize"], tensor.parameters["lambda"]
         return plan_task_vectors(tensor, trims, consensus=consensus, normalize=normalize, scale=scale)

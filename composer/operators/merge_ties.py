@@ -31,7 +31,7 @@ from ..merge_parameters import BOOL, NUMBER, MergeMethod, Parameter
 from ..merging import TensorMerge, plan_merge
 from ..model_state import BankSource, ModelState
 from ..oracle import OracleContext
-from ..task_vectors import Rescaled, l1_factor, plan_task_vectors
+from ..task_vectors import DensityTrim, Rescaled, l1_factor, plan_task_vectors
 from ..tasks import Task
 
 NAME = "merge.ties"
@@ -101,15 +101,8 @@ def top_magnitude_mask(values: torch.Tensor, density: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class MagnitudeTrim:
+class MagnitudeTrim(DensityTrim):
     """TIES' trim of one task vector: its top `density` by magnitude, L1-rescaled if asked."""
-
-    density: float
-    rescale: bool
-
-    @property
-    def keeps_all(self) -> bool:
-        return self.density >= 1
 
     @property
     def needs_statistics(self) -> bool:
