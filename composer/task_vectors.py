@@ -157,16 +157,15 @@ def _combine(
             mixed.div_(divisor.to(mixed.device))
         return mixed
     total = _sum(deltas)
-    positive = total >= 0  # the elected sign: + where the weighted sum is ≥ 0
+    elected = torch.where(total >= 0, 1.0, -1.0)  # + where the weighted sum is ≥ 0
     mixed = torch.zeros_like(total)
     divisor = torch.zeros_like(total)
     for delta, weight in zip(deltas, weights, strict=True):
-        agree = torch.where(positive, delta > 0, delta < 0)  # sign(delta) equals the elected sign
-        mixed.add_(delta.masked_fill_(~agree, 0))
-        divisor.add_(agree, alpha=weight)
+        agrees = delta.mul(elected).gt_(0)  # 1.0 where sign(delta) is the elected sign (0 agrees with none)
+        mixed.addcmul_(delta, agrees)
+        divisor.add_(agrees, alpha=weight)
     if normalize:
-        divisor[divisor == 0] = 1
-        mixed.div_(divisor)
+        mixed.div_(divisor.masked_fill_(divisor == 0, 1))
     return mixed
 
 

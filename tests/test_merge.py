@@ -449,10 +449,14 @@ def test_top_magnitude_mask_keeps_ties_in_index_order() -> None:
     assert top_magnitude_mask(values, 0.5).tolist() == [False, True, True, True, False, False, True, False]
     assert top_magnitude_mask(values, 0.01).tolist() == [False] * 6 + [True, False]  # at least one
     assert top_magnitude_mask(values, 1.0).all() and not top_magnitude_mask(values, 0.0).any()
-    matrix = torch.randn(64, 33)
-    kept = top_magnitude_mask(matrix, 0.25)
-    assert kept.shape == matrix.shape and int(kept.sum()) == int(0.25 * matrix.numel())
-    assert matrix[kept].abs().min() >= matrix[~kept].abs().max()
+    # bf16-like data, full of equal magnitudes: the same choice as a stable sort by |value|, descending
+    matrix = torch.randn(512, 300).bfloat16().float() - torch.randn(512, 300).bfloat16().float()
+    for density in (0.25, 0.5, 0.9):
+        kept = top_magnitude_mask(matrix, density)
+        k = int(density * matrix.numel())
+        expected = torch.zeros(matrix.numel(), dtype=torch.bool)
+        expected[torch.sort(-matrix.abs().reshape(-1), stable=True).indices[:k]] = True
+        assert kept.shape == matrix.shape and torch.equal(kept.reshape(-1), expected)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
