@@ -62,9 +62,9 @@ def compose(
     if device is not None:
         resolve_device(device)  # refused before anything is planned
     composition = spec_argument(ctx, spec)
+    planned, preview = mergekit_spec(ctx, composition, dry_run, signed_only=policy is not None)
     reg = registry(ctx)
     store = reg.store
-    planned, preview = mergekit_spec(ctx, composition, dry_run)
     the_plan = preview or plan(planned, dtype=dtype, store=store)
     if policy is not None:
         reg.require_signed(list(the_plan.inputs), policy, f"composition {spec}")
@@ -120,7 +120,7 @@ def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float,
     With --require-signed, every bank it reads (and --against) must be signed by a trusted key."""
     from weightbank.composer import plan, verify_composition
 
-    composition = spec_argument(ctx, spec)
+    composition, _ = mergekit_spec(ctx, spec_argument(ctx, spec), dry_run=False, signed_only=policy is not None)
     reg = registry(ctx)
     store = reg.store
     if policy is not None:

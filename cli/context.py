@@ -84,9 +84,10 @@ def command_path(ctx: click.Context) -> str:
     return " ".join(reversed(names))
 
 
-def registry(ctx: click.Context) -> Any:
+def registry(ctx: click.Context, *, creates_store: bool = False) -> Any:
     """The Registry for this invocation, made on first use. A local store must exist, except
-    for the commands that create one (CREATES_STORE)."""
+    for the commands that create one (CREATES_STORE) and for work that ingests (`creates_store`: a
+    mergekit config's model folders)."""
     state = ctx.find_root().obj
     if "registry" not in state:
         from weightbank.registry import Registry
@@ -94,7 +95,7 @@ def registry(ctx: click.Context) -> Any:
         from weightbank.registry.store import default_location
 
         location = state["store"] or default_location()
-        if command_path(ctx) not in CREATES_STORE:
+        if not creates_store and command_path(ctx) not in CREATES_STORE:
             _check_store_exists(location)
         state["registry"] = Registry(location, progress=progress_wanted(state["quiet"]))
     return state["registry"]

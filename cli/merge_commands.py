@@ -11,17 +11,20 @@ from .context import json_option, progress_enabled, registry
 from .output import print_json
 
 
-def mergekit_spec(ctx: click.Context, spec: Any, dry_run: bool) -> tuple[Any, Any]:
+def mergekit_spec(ctx: click.Context, spec: Any, dry_run: bool, *, signed_only: bool = False) -> tuple[Any, Any]:
     """(what to plan, a preview plan or None) for `compose SPEC`: a mergekit config becomes its
-    composition, its folders ingested first — or, with --dry-run, only checked (the preview)."""
+    composition, its folders ingested first — or, with --dry-run, only checked (the preview).
+    `signed_only` (--require-signed): model folders are refused, as unsigned input."""
     from weightbank.composer.mergekit_import import import_mergekit, read_mergekit
 
     document = read_mergekit(spec)
     if document is None:
         return spec, None
-    reg = registry(ctx)
+    reg = registry(ctx, creates_store=True)
     origin = "<stdin>" if isinstance(spec, dict) else str(spec)
-    imported = import_mergekit(document, origin, reg.store, ingest=not dry_run, show_progress=progress_enabled(ctx))
+    imported = import_mergekit(
+        document, origin, reg.store, ingest=not dry_run, folders=not signed_only, show_progress=progress_enabled(ctx)
+    )
     _report(imported)
     return imported.composition, imported.preview if imported.pending else None
 
@@ -52,7 +55,7 @@ def import_mergekit(ctx: click.Context, config: Path, output: Path | None, as_js
     document = read_mergekit(config)
     if document is None:
         raise InputError(f"{config}: not a mergekit config (no merge_method)")
-    reg = registry(ctx)
+    reg = registry(ctx, creates_store=True)
     imported = run_import(document, str(config), reg.store, show_progress=progress_enabled(ctx))
     plan(imported.composition, store=reg.store)  # the composition as written must plan
     _report(imported)

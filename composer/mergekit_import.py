@@ -3,10 +3,11 @@ equivalent MES composition planned — all checks done before anything is writte
 
 Each `model:` is tried as a local Hugging Face folder first (a path that exists, relative to the
 working directory as mergekit has it), then as a store ref (`name`, `name@v3`, `blake3:…`);
-anything else (a Hub id, a typo) is refused. A folder is ingested as the next version of a ref
-named after it (`./out/my-ft` → `my-ft`; `my-ft-2`, … when that name holds a model ingested
-from another folder), so an unchanged folder maps to its existing version and costs nothing, a
-folder named twice is ingested once, and identical tensors are stored once. Before the first
+anything else (a Hub id, a typo) is refused. A folder is ingested as `weightbank ingest DIR
+--name NAME` would, NAME being the folder's name (`./out/my-ft` → `my-ft`; `my-ft-2` for a second
+folder of that name in the same config): an unchanged folder maps to its existing version and
+costs nothing, a changed one becomes the next version, a folder named twice is ingested once,
+and identical tensors are stored once. Before the first
 byte is written the whole merge is planned against the folders as they are (their headers and
 configs), so a refused merge leaves the store as it was.
 """
@@ -55,22 +56,33 @@ def read_mergekit(source: str | Path | dict[str, Any]) -> dict[str, Any] | None:
 
 
 def import_mergekit(
-    document: dict[str, Any], origin: str, store: Store, *, ingest: bool = True, show_progress: bool = False
+    document: dict[str, Any],
+    origin: str,
+    store: Store,
+    *,
+    ingest: bool = True,
+    folders: bool = True,
+    show_progress: bool = False,
 ) -> Imported:
     """The composition of a mergekit config (`origin`: where it was read, for messages), its
-    folders ingested (unless `ingest` is false). When there are folders, the merge is planned
-    against them first: a refusal writes nothing."""
+    folders ingested (unless `ingest` is false; refused when `folders` is false, as where only
+    signed banks may be read). When there are folders, the merge is planned against them first:
+    a refusal writes nothing."""
     config = mergekit_config.parse(document, origin)
-    folders, refs = _resolve_models(config, store)
-    _check_tokenizers(config, refs, folders, store)
+    found, refs = _resolve_models(config, store)
+    if found and not folders:
+        names = ", ".join(str(scan.folder) for _, scan in found.values())
+        raise InputError(f"{origin}: {names}: a folder is not a signed bank; ingest, sign and name it by its ref")
+    _check_tokenizers(config, refs, found, store)
     composition = mergekit_config.to_composition(config, lambda m: refs[m], origin)
-    if not folders:
+    if not found:
         return Imported(composition)
-    preview = make_plan(_WithFolders(store, {name: _folder_bank(scan) for name, scan in folders.values()}), composition)
+    preview = make_plan(_WithFolders(store, {name: _folder_bank(scan) for name, scan in found.values()}), composition)
     if not ingest:
-        return Imported(composition, pending=[(str(scan.folder), name) for name, scan in folders.values()], preview=preview)
+        pending = [(str(scan.folder), name) for name, scan in found.values()]
+        return Imported(composition, pending=pending, preview=preview)
     ingested: dict[str, tuple[str, str, bool]] = {}
-    for model, (name, scan) in folders.items():
+    for model, (name, scan) in found.items():
         if name not in ingested:
             result = ingest_folder(store, scan.folder, name, message=f"input of {origin}", show_progress=show_progress)
             ingested[name] = (str(scan.folder), f"{result.name}@v{result.version}", not result.unchanged)
@@ -100,7 +112,7 @@ def _resolve_models(
                 continue
             resolved = folder.resolve()
             if resolved not in names:
-                names[resolved] = _name_for(store, resolved, set(names.values()))
+                names[resolved] = _name_for(resolved, set(names.values()))
             folders[model] = (names[resolved], scan)
             refs[model] = names[resolved]
             continue
@@ -117,21 +129,11 @@ def _resolve_models(
     return folders, refs
 
 
-def _name_for(store: Store, folder: Path, taken: set[str]) -> str:
-    """The ref a folder is ingested under: its name, made a valid ref name, with -2, -3, … when
-    the name belongs to a model ingested from elsewhere."""
+def _name_for(folder: Path, taken: set[str]) -> str:
+    """The ref a folder is ingested under: its name, made a valid ref name (with -2, -3, … when
+    another folder of this config has the same name)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-._")[:120] or "model"
-    for number in range(1, 1000):
-        name = stem if number == 1 else f"{stem}-{number}"
-        head = store.refs.head(name)
-        if name in taken:
-            continue
-        if head is None:
-            return name
-        source = store.manifests.get(head.target).get("provenance", {}).get("activity", {}).get("parameters", {})
-        if source.get("source") == str(folder):
-            return name
-    raise InputError(f"{folder}: no free ref name for it; ingest it yourself with --name")
+    return next(name for n in range(1, len(taken) + 2) if (name := stem if n == 1 else f"{stem}-{n}") not in taken)
 
 
 def _folder_bank(scan: FolderScan) -> Bank:
@@ -156,11 +158,12 @@ def _folder_bank(scan: FolderScan) -> Bank:
 
 
 class _WithFolders(Store):
-    """The store, plus folders not ingested yet, visible under the refs they will get."""
+    """The store, plus folders not ingested yet, visible under the refs they will get (and their
+    placeholder digests)."""
 
     def __init__(self, store: Store, pending: dict[str, Bank]) -> None:
         super().__init__(backend=store.backend)
-        self.pending = pending
+        self.pending = {**pending, **{bank.digest: bank for bank in pending.values()}}
 
     def bank(self, ref: str) -> Bank:
         return self.pending[ref] if ref in self.pending else super().bank(ref)

@@ -14,8 +14,9 @@ parameters — mergekit's planner, on the model description (no tensor is read).
 
 The composition's base is the merge's base model (mergekit's `base_model`): an entry naming it
 stands for the model built so far (the base, with any earlier steps applied); methods that need a
-base get it as an input even when no entry names it, as mergekit adds it. Other entries are base
-banks (ingested models or registered compositions) of the same architecture and shapes.
+base get it as an input even when no entry names it, as mergekit adds it. Other entries are
+models of the same architecture and shapes: base banks (ingested, or compositions registered with
+`compose --name`) or expansion banks (their recipe composed lazily, like a composition's base).
 
 Output layout (mergekit's): with `models:`, every layer l merges layer l of each model; with
 `slices:`, output layers are the slices' layers in order, each merging layer `start + offset` of
@@ -35,7 +36,7 @@ from weightbank.registry.errors import InputError
 from .architectures import Layout
 from .dtypes import is_floating
 from .merge_parameters import REQUIRED, MergeMethod, Parameter, resolve, setting_problems
-from .model_state import BankSource, ModelState, PlanProblem, check_parameters, load
+from .model_state import BankSource, ModelState, PlanProblem, check_parameters
 from .tasks import Task
 
 INPUT_ROLE = "merge-input"
@@ -229,30 +230,24 @@ class _Loader:
 
     def _resolve(self, ref: str, label: str) -> tuple[bool, str, dict[str, Task], Layout] | None:
         try:
-            bank = self.source.bank(ref, INPUT_ROLE)
+            digest = self.source.bank(ref, INPUT_ROLE).digest
+            model = self.state if digest == self.source.base.digest else self.source.model(ref, INPUT_ROLE)
         except PlanProblem as exc:
             self.problems.extend(f"{label}: {p}" for p in exc.problems)
             return None
-        if bank.digest == self.source.base.digest:
-            return True, bank.digest, self.state.tensors, self.layout
-        if bank.type != "base" or bank.config is None:
-            self.problems.append(
-                f"{label} is a {bank.type} bank; merge inputs are models (ingested, or compositions registered "
-                "with compose --name)"
-            )
-            return None
-        theirs, ours = bank.config.get("model_type"), self.state.config.get("model_type")
+        if model.tensors == self.state.tensors and model.config == self.state.config:
+            return True, digest, self.state.tensors, self.layout  # the base (or a bank of the same model)
+        theirs, ours = model.config.get("model_type"), self.state.config.get("model_type")
         if theirs != ours:
             self.problems.append(
                 f"{label} is a {theirs} model, the base is a {ours} model: merges need one architecture"
             )
             return None
-        tensors: dict[str, Task] = {name: load(record) for name, record in bank.tensors.items()}
-        layout = Layout(bank.config)
-        extra = sorted(n for n in tensors if layout.layer_of(n) is None and n not in self.state.tensors)
+        layout = Layout(model.config)
+        extra = sorted(n for n in model.tensors if layout.layer_of(n) is None and n not in self.state.tensors)
         if extra:
             self.problems.append(f"{label} has {', '.join(extra[:3])}, which the base does not")
-        return False, bank.digest, tensors, layout
+        return False, digest, model.tensors, layout
 
 
 def _check_inputs(piece: _Slice, method: MergeMethod, number: int | None, problems: list[str]) -> None:

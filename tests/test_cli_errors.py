@@ -80,6 +80,11 @@ BAD_INPUT: dict[str, list[Bad]] = {
         Bad("compose", "m", "--name", "n", "--device", "cpu"),
     ],
     "verify": [Bad("verify", "ghost"), Bad("verify", "m", "--against", "lo"), Bad("verify", "{file}")],
+    "import-mergekit": [
+        Bad("import-mergekit", "nosuch.yml"),
+        Bad("import-mergekit", "{file}"),
+        Bad("import-mergekit", "{folder}"),
+    ],
     "analyze": [Bad("analyze", "ghost"), Bad("analyze", "lo"), Bad("analyze", "./no-such-folder")],
     "plan": [
         Bad("plan", "m", "--target-params", "1K"),
