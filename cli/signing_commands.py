@@ -93,8 +93,9 @@ def trust_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
         if trusted_keys and not require_signed:
             raise InputError("--trusted-key goes with --require-signed")
-        reg = registry(click.get_current_context())
-        kwargs["policy"] = reg.trust_policy(trusted_keys) if require_signed else None
+        # The store is opened only to read its trust policy: a command may create its store (a
+        # mergekit config's folders are ingested), so it is not opened before it runs otherwise.
+        kwargs["policy"] = registry(click.get_current_context()).trust_policy(trusted_keys) if require_signed else None
         return command(*args, **kwargs)
 
     with_trusted_keys = click.option(

@@ -443,6 +443,14 @@ def test_a_different_tokenizer_is_refused_under_tokenizer_source_base(
     assert "tokenizer differs from the base's (tokenizer.json)" in line
 
 
+def test_require_signed_refuses_model_folders_before_ingesting(family_models, keys, wb: Cli, tmp_path: Path) -> None:
+    wb("ingest", family_models("llama")["base"], "--name", "llama-base")
+    wb("trust", "add", "alice", keys["alice"][1])
+    config = write_yaml(tmp_path / "ta.yml", method_configs(family_models("llama"))["task_arithmetic"])
+    line = refused(wb, "compose", config, "--out", tmp_path / "o", "--require-signed")
+    assert "a folder is not a signed bank" in line and not (tmp_path / "o").exists()
+
+
 def test_top_magnitude_mask_keeps_ties_in_index_order() -> None:
     """The reusable trim rule: k = max(1, ⌊density·n⌋) largest |values|, ties at the cut by position."""
     values = torch.tensor([0.5, -2.0, 1.0, -1.0, 1.0, 0.0, 3.0, -1.0])
