@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from ..magnitudes import kth_largest
 from ..merge_parameters import BOOL, NUMBER, MergeMethod, Parameter
 from ..merging import TensorMerge, plan_merge
 from ..model_state import BankSource, ModelState
@@ -56,22 +57,12 @@ class MagnitudeCut:
 
     @classmethod
     def of(cls, magnitudes: torch.Tensor, k: int) -> MagnitudeCut:
-        """The cut keeping `k` (1 ≤ k ≤ n) entries of a flat float32 tensor of magnitudes (≥ 0).
-
-        A radix select: non-negative floats order as their bit patterns, so a histogram of the
-        top 16 bits finds the bucket that holds the k-th largest entry, and only that bucket is
-        searched — a few passes over the tensor, where a full `kthvalue` costs many.
-        """
-        high = magnitudes.view(torch.int32) >> 16
-        at_least = torch.bincount(high, minlength=1 << 15).flip(0).cumsum(0).flip(0)  # entries with high ≥ b
-        bucket = int((at_least >= k).nonzero()[-1])
-        above = int(at_least[bucket + 1]) if bucket + 1 < at_least.numel() else 0
-        where = (high == bucket).nonzero().squeeze(1)  # flat indices, ascending
-        values = magnitudes[where]
-        needed = k - above
-        threshold = values.kthvalue(values.numel() - needed + 1).values
-        needed -= int((values > threshold).sum())
-        return cls(float(threshold), int(where[values == threshold][needed - 1]))
+        """The cut keeping `k` (1 ≤ k ≤ n) entries of a flat float32 tensor of magnitudes (≥ 0):
+        the k-th largest value by radix select (`kth_largest`), then ties in index order."""
+        threshold = kth_largest(lambda: [magnitudes], k)
+        needed = k - int((magnitudes > threshold).sum())
+        ties = (magnitudes == threshold).nonzero().squeeze(1)  # flat indices, ascending
+        return cls(threshold, int(ties[needed - 1]))
 
     def mask(self, magnitudes: torch.Tensor, span: slice) -> torch.Tensor:
         """Which entries of `magnitudes` (the flat range `span` of the tensor) are kept."""
