@@ -104,28 +104,23 @@ def fuse(ctx: click.Context, name: str, as_name: str | None, message: str, as_js
     )
 
 
-@scaffold.command("prune")
-@click.argument("name")
-@click.option("-m", "--message", default="", help="Why (for the log).")
-@json_option
-@click.pass_context
-def prune(ctx: click.Context, name: str, message: str, as_json: bool) -> None:
-    """Drop scaffold NAME's seeds: the host is unchanged, the scaffold stays readable."""
-    _decided(registry(ctx).prune_scaffold(name, message=message), as_json)
+def _decision(action: str, summary: str) -> click.Command:
+    """`scaffold prune` / `scaffold persist`: append the decision to NAME's history."""
+
+    @scaffold.command(action, help=summary)
+    @click.argument("name")
+    @click.option("-m", "--message", default="", help="Why (for the log).")
+    @json_option
+    @click.pass_context
+    def decide(ctx: click.Context, name: str, message: str, as_json: bool) -> None:
+        entry = getattr(registry(ctx), f"{action}_scaffold")(name, message=message)
+        if as_json:
+            print_json(entry)
+        else:
+            click.echo(f"{entry.name}@v{entry.version} {entry.action}: {entry.message}")
+
+    return decide
 
 
-@scaffold.command("persist")
-@click.argument("name")
-@click.option("-m", "--message", default="", help="Why (for the log).")
-@json_option
-@click.pass_context
-def persist(ctx: click.Context, name: str, message: str, as_json: bool) -> None:
-    """Keep scaffold NAME's seeds as runtime modules (compose them with scaffold.attach)."""
-    _decided(registry(ctx).persist_scaffold(name, message=message), as_json)
-
-
-def _decided(entry: Any, as_json: bool) -> None:
-    if as_json:
-        print_json(entry)
-    else:
-        click.echo(f"{entry.name}@v{entry.version} {entry.action}: {entry.message}")
+prune = _decision("prune", "Drop scaffold NAME's seeds: the host is unchanged, the scaffold stays readable.")
+persist = _decision("persist", "Keep scaffold NAME's seeds as runtime modules (compose them with scaffold.attach).")

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .banks import Bank, Parent, TensorRecord, content_of, new_bank_manifest
+from .banks import Bank, Parent, TensorRecord, new_bank_manifest
 from .checkpoints import ADAPTER_CONFIG
 from .errors import InputError
 from .file_range import FileRange
-from .ingest import WeightFile, scan_folder, tensor_ranges
+from .ingest import WeightFile, record_bank, scan_folder, tensor_ranges
 from .json_input import parse_json_object
 from .names import check_ref_name
 from .peft_adapter import classify_key, merge_blockers, module_rank_and_alpha
@@ -312,13 +312,7 @@ def _store_scaffold(
         fold={"host_ref": host_ref, "seeds": fold_seeds},
         metadata=metadata,
     )
-    head = store.refs.head(name)
-    unchanged = head is not None and content_of(store.manifests.get(head.target)) == content_of(manifest)
-    if head is not None and unchanged:
-        version, digest = head.version, head.target
-    else:
-        digest = store.manifests.put(manifest)
-        version = store.record(name, digest, action="add", message=message).version
+    version, digest, unchanged = record_bank(store, name, manifest, "add", message)
     size = sum(r.bytes for r in records.values())
     return ScaffoldResult(name, version, digest, host.digest, len(fold_seeds), len(records), size, created, unchanged)
 
