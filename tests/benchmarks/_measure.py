@@ -81,3 +81,30 @@ def print_pairs(pairs: list[tuple[Measurement, Measurement, float]]) -> None:
             f"{peer.label:<30}{peer.seconds:>7.2f}{peer.peak_rss_mb:>9.0f}  "
             f"{ours.label:<28}{ours.seconds:>7.2f}{ours.peak_rss_mb:>9.0f}{ratio:>7.2f}{target:>8.2f}"
         )
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Setup code for `python -c CODE WORK LAYERS DTYPE`: the ≈1 GB Llama-shaped model (9 layers,
+# bf16: 1.09 GB) saved to WORK/base, a rank-16 PEFT LoRA on its seven projections (random
+# factors) to WORK/lora, both ingested into WORK/store as `base` and `lora`. Benchmarks append
+# their own steps; `model`, `registry`, `work`, `dtype` are defined.
+LLAMA_WITH_LORA = f"""
+import json, sys, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from peft import LoraConfig, PeftModel, get_peft_model
+from weightbank.composer.tiny_models import make_config
+from weightbank.registry import Registry
+work, layers, dtype = Path(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
+config = make_config("llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
+    num_attention_heads=16, num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+model.save_pretrained(work / "base")
+lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules={LORA_TARGETS!r}, init_lora_weights=False))
+lora.save_pretrained(work / "lora")
+registry = Registry(work / "store")
+registry.ingest(work / "base", "base")
+registry.ingest(work / "lora", "lora", base="base")
+sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+"""

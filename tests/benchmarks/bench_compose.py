@@ -20,35 +20,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from _measure import Measurement, drop_dir, machine, median_of, print_pairs, run_worker
+from _measure import LLAMA_WITH_LORA, Measurement, drop_dir, machine, median_of, print_pairs, run_worker
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-SETUP = """
-import json, sys, torch
-from pathlib import Path
-from transformers import AutoModelForCausalLM
-from peft import LoraConfig, PeftModel, get_peft_model
-from weightbank.composer.tiny_models import make_config
-from weightbank.registry import Registry
-work, layers, dtype = Path(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
-TARGETS = json.loads(sys.argv[4])
-config = make_config("llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
-    num_attention_heads=16, num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-model.save_pretrained(work / "base")
-lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False))
-lora.save_pretrained(work / "lora")
+SETUP = (
+    LLAMA_WITH_LORA
+    + """
 PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(work / "base", dtype=dtype), work / "lora") \\
     .merge_and_unload().save_pretrained(work / "merged")
-registry = Registry(work / "store")
-registry.ingest(work / "base", "base")
-registry.ingest(work / "lora", "lora", base="base")
-sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
 print(json.dumps({"total": sum(sizes), "largest": max(sizes)}))
 """
+)
 
 
 def main() -> None:
@@ -62,7 +43,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-compose-"))
     work.mkdir(parents=True, exist_ok=True)
     setup = subprocess.run(
-        [sys.executable, "-c", SETUP, str(work), str(args.layers), args.dtype, json.dumps(LORA_TARGETS)],
+        [sys.executable, "-c", SETUP, str(work), str(args.layers), args.dtype],
         check=True,
         capture_output=True,
         text=True,

@@ -1,0 +1,83 @@
+"""scaffold.fold vs transformers / adapter.lora on the ≈1 GB Llama of bench_compose, in one run.
+
+    python tests/benchmarks/bench_scaffold.py [--device cpu|cuda] [--dtype bfloat16] [--layers 9] [--runs 3]
+
+A rank-16 lora seed on every layer's attention and MLP projections (63 seeds, random factors,
+alpha 0.5), ingested as a scaffold bank from a PEFT folder; the same factors as a PEFT adapter
+bank. Pairs (same device and dtype; each step in its own process, timed after imports up to the
+first forward pass's logits, peak RSS of that process):
+  A. compose(base + scaffold.fold)  vs  from_pretrained(fused folder)       (`scaffold fuse` + export)
+  B. compose(base + scaffold.fold)  vs  compose(base + adapter.lora, weight 0.5)   target ≈ 1×
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _measure import LLAMA_WITH_LORA, Measurement, drop_dir, machine, median_of, print_pairs, run_worker
+
+SETUP = (
+    LLAMA_WITH_LORA
+    + """
+from weightbank.composer import fuse_scaffold
+from weightbank.registry.scaffold_add import add_scaffold_folder
+seeds = add_scaffold_folder(registry.store, work / "lora", "seeds", host="base", alpha=0.5)
+fused = fuse_scaffold(registry.store, "seeds", as_name="fused")
+registry.export("fused", work / "fused")
+print(json.dumps({"total": sum(sizes), "largest": max(sizes), "seeds": seeds.seeds, "changed": fused.changed}))
+"""
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--layers", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-scaffold-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    setup = subprocess.run(
+        [sys.executable, "-c", SETUP, str(work), str(args.layers), args.dtype],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    sizes = json.loads(setup.stdout.strip().splitlines()[-1])
+    store = str(work / "store")
+    # The scaffold is recorded against its pre-decision version: `fuse` appended a decision.
+    fold_spec = json.dumps({"mes_version": "1", "base": "base", "steps": [{"op": "scaffold.fold", "bank": "seeds@v1"}]})
+    lora_spec = json.dumps(
+        {"mes_version": "1", "base": "base", "steps": [{"op": "adapter.lora", "bank": "lora", "weight": 0.5}]}
+    )
+    common = (args.device, args.dtype)
+
+    def timed(label: str, kind: str, *rest: str) -> Measurement:
+        return median_of(args.runs, label, lambda: run_worker(label, kind, *common, *rest))
+
+    fold = timed("compose(base+scaffold.fold)", "compose", store, fold_spec)
+    pairs = [
+        (timed("from_pretrained(fused)", "from_pretrained", str(work / "fused")), fold, 1.2),
+        (timed("compose(base+adapter.lora)", "compose", store, lora_spec), fold, 1.0),
+    ]
+    load_after = os.getloadavg()
+    print(f"\nmachine: {machine()}; device {args.device}, dtype {args.dtype}")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(
+        f"model: {sizes['total'] / 1e9:.2f} GB, largest tensor {sizes['largest'] / 2**20:.0f} MiB; "
+        f"{sizes['seeds']} lora seeds (r = 16), fuse changed {sizes['changed']} tensors"
+    )
+    print_pairs(pairs)
+    if args.workdir is None:
+        drop_dir(str(work))
+
+
+if __name__ == "__main__":
+    main()
