@@ -158,7 +158,8 @@ class Registry:
         a mapping of its state-dict tensors, or to a `SeedSpec` with its own kind/alpha/options.
         `kind`: delta, blend, lora, input, output, router or mlp; `alpha`: a constant or a
         schedule `{"alpha0", "alpha1", "shape": linear|cosine|sigmoid, "steps", "at"}`;
-        `options`: lora `lora_alpha`, `use_rslora`; router `gates`; mlp `activation`.
+        `options` (for the seeds whose kind takes them): lora `lora_alpha`, `use_rslora`; router
+        `gates`; mlp `activation`.
         Seeds whose slot or shapes do not fit the host are refused, naming the slot.
 
         Example:

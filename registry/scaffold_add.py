@@ -140,6 +140,11 @@ def add_scaffold_seeds(
     """Record live seeds as the next version of scaffold bank `name` (see `Registry.add_scaffold`)."""
     check_ref_name(name)
     host_bank = _host(store, host)
+    taken = {option for spec in KINDS.values() for option in spec.options}
+    if set(options) - taken:
+        raise InputError(
+            f"unknown seed option(s) {', '.join(sorted(set(options) - taken))} (known: {', '.join(sorted(taken))})"
+        )
     descriptors: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for slot, value in seeds.items():
@@ -149,7 +154,7 @@ def add_scaffold_seeds(
             raise InputError(f"seed {slot}: unknown kind {seed_kind!r} (known: {', '.join(KINDS)})")
         tensors, found = seed_tensors(spec.value, seed_kind, f"seed {slot}")
         descriptors[slot] = {
-            **options,
+            **{key: value for key, value in options.items() if key in KINDS[seed_kind].options},
             **found,
             **spec.options,
             "kind": seed_kind,
@@ -286,6 +291,8 @@ def _store_scaffold(
     metadata: dict[str, Any] | None = None,
 ) -> ScaffoldResult:
     """Validate every seed against the host, then store the tensors and record the bank."""
+    if not seeds:
+        raise InputError(f"scaffold {name}: no seeds given")
     grouped, stray = group_by_slot(list(tensors.names), list(seeds))
     problems = [f"{n} belongs to no seed (its slot is not listed)" for n in stray]
     fold_seeds: dict[str, dict[str, Any]] = {}
