@@ -73,7 +73,7 @@ def _host_name(store: Store, host_ref: str, host: str) -> str:
     if spec.name is None:
         raise InputError(f"the host was given as {host_ref}, not by name: name the fused bank with --as NEW")
     head = store.refs.head(spec.name)
-    if head is None or head.target != host:
+    if head is None or head.manifest != host:
         now = f"{spec.name}@v{head.version}" if head else "gone"
         raise InputError(
             f"{spec.name} has moved on since the seeds were grafted onto {host_ref} (its head is {now}): "

@@ -122,7 +122,7 @@ def add_scaffold_folder(
         )
     if alpha is not None or kind == "peft-lora":
         seeds = {slot: {**descriptor, "alpha": 1.0 if alpha is None else alpha} for slot, descriptor in seeds.items()}
-    parameters = {"source": str(root.resolve()), "format": kind}
+    parameters = {"source": root.resolve().name, "format": kind}
     return _store_scaffold(store, name, host_bank, host, seeds, tensors, parameters, message, metadata)
 
 
