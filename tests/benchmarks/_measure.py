@@ -8,7 +8,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,20 @@ def median_of(
         between()
     results.sort(key=lambda m: m.seconds)
     return Measurement(label, results[len(results) // 2].seconds, max(m.peak_rss_mb for m in results))
+
+
+def interleaved_medians(runs: int, makers: Mapping[str, Callable[[], Measurement]]) -> dict[str, Measurement]:
+    """Like `median_of` for several steps at once, run in turns (A, B, C, A, B, C, …), so that a
+    load change on a shared machine hits every step alike rather than one block of runs."""
+    results: dict[str, list[Measurement]] = {label: [] for label in makers}
+    for _ in range(runs):
+        for label, make in makers.items():
+            results[label].append(make())
+    medians = {}
+    for label, found in results.items():
+        found.sort(key=lambda m: m.seconds)
+        medians[label] = Measurement(label, found[len(found) // 2].seconds, max(m.peak_rss_mb for m in found))
+    return medians
 
 
 def run_worker(label: str, kind: str, *args: str) -> Measurement:

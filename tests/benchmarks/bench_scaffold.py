@@ -5,7 +5,7 @@
 A rank-16 lora seed on every layer's attention and MLP projections (63 seeds, random factors,
 alpha 0.5), ingested as a scaffold bank from a PEFT folder; the same factors as a PEFT adapter
 bank. Pairs (same device and dtype; each step in its own process, timed after imports up to the
-first forward pass's logits, peak RSS of that process):
+first forward pass's logits, peak RSS of that process; the steps run in turns, median of --runs):
   A. compose(base + scaffold.fold)  vs  from_pretrained(fused folder)       (`scaffold fuse` + export)
   B. compose(base + scaffold.fold)  vs  compose(base + adapter.lora, weight 0.5)   target ≈ 1×
 """
@@ -18,9 +18,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
-from _measure import LLAMA_WITH_LORA, Measurement, drop_dir, machine, median_of, print_pairs, run_worker
+from _measure import LLAMA_WITH_LORA, drop_dir, interleaved_medians, machine, print_pairs, run_worker
 
 SETUP = (
     LLAMA_WITH_LORA
@@ -59,14 +60,15 @@ def main() -> None:
     )
     common = (args.device, args.dtype)
 
-    def timed(label: str, kind: str, *rest: str) -> Measurement:
-        return median_of(args.runs, label, lambda: run_worker(label, kind, *common, *rest))
-
-    fold = timed("compose(base+scaffold.fold)", "compose", store, fold_spec)
-    pairs = [
-        (timed("from_pretrained(fused)", "from_pretrained", str(work / "fused")), fold, 1.2),
-        (timed("compose(base+adapter.lora)", "compose", store, lora_spec), fold, 1.0),
-    ]
+    steps = {
+        "compose(base+scaffold.fold)": ("compose", store, fold_spec),
+        "from_pretrained(fused)": ("from_pretrained", str(work / "fused")),
+        "compose(base+adapter.lora)": ("compose", store, lora_spec),
+    }
+    makers = {label: partial(run_worker, label, kind, *common, *rest) for label, (kind, *rest) in steps.items()}
+    found = interleaved_medians(args.runs, makers)
+    fold = found["compose(base+scaffold.fold)"]
+    pairs = [(found["from_pretrained(fused)"], fold, 1.2), (found["compose(base+adapter.lora)"], fold, 1.0)]
     load_after = os.getloadavg()
     print(f"\nmachine: {machine()}; device {args.device}, dtype {args.dtype}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
