@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from weightbank.composer import compose, verify_composition
+from weightbank.composer import compose, plan, verify_composition
 from weightbank.composer.seed_modules import SeededLayer
 from weightbank.registry import Registry, SeedSpec
 from weightbank.registry.scaffolds import alpha_at
@@ -197,6 +197,12 @@ def test_peft_lora_folder_as_a_scaffold_folds_as_peft_merges_at_alpha_times_scal
     assert "added grown@v1" in added.stdout
 
     registry = Registry(tmp_path / "store")
+    wb("ingest", adapter, "--name", "as-adapter", "--base", "host")
+    as_adapter = plan(
+        {"mes_version": "1", "base": "host", "steps": [{"op": "adapter.lora", "bank": "as-adapter", "weight": 0.4}]},
+        store=registry.store,
+    )
+    assert plan(spec("scaffold.fold", "grown"), store=registry.store).targets == as_adapter.targets  # task for task
     folded, _ = compose(spec("scaffold.fold", "grown"), store=registry.store)
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), adapter)
     for module in peft_model.modules():
