@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,23 @@ registry.ingest(work / "base", "base")
 registry.ingest(work / "lora", "lora", base="base")
 sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
 """
+
+
+def llama_with_lora(description: str, prefix: str, steps: str) -> tuple[argparse.Namespace, Path, dict[str, Any]]:
+    """The model benchmarks' options (--device, --dtype, --layers, --runs, --workdir), their work
+    folder, and the JSON their setup prints: LLAMA_WITH_LORA, then `steps`, run untimed in a
+    child process."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--layers", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    setup = subprocess.run(
+        [sys.executable, "-c", LLAMA_WITH_LORA + steps, str(work), str(args.layers), args.dtype],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return args, work, json.loads(setup.stdout.strip().splitlines()[-1])

@@ -12,43 +12,20 @@ On a GPU, host RSS during compose should stay ≤ 2× the largest tensor + 400 M
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
-from _measure import LLAMA_WITH_LORA, Measurement, drop_dir, machine, median_of, print_pairs, run_worker
+from _measure import Measurement, drop_dir, llama_with_lora, machine, median_of, print_pairs, run_worker
 
-SETUP = (
-    LLAMA_WITH_LORA
-    + """
+SETUP = """
 PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(work / "base", dtype=dtype), work / "lora") \\
     .merge_and_unload().save_pretrained(work / "merged")
 print(json.dumps({"total": sum(sizes), "largest": max(sizes)}))
 """
-)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--layers", type=int, default=9)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-compose-"))
-    work.mkdir(parents=True, exist_ok=True)
-    setup = subprocess.run(
-        [sys.executable, "-c", SETUP, str(work), str(args.layers), args.dtype],
-        check=True,
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    sizes = json.loads(setup.stdout.strip().splitlines()[-1])
+    args, work, sizes = llama_with_lora(__doc__.splitlines()[0], "wb-bench-compose-", SETUP)
     store = str(work / "store")
     base_spec = json.dumps({"mes_version": "1", "base": "base", "steps": []})
     lora_spec = json.dumps({"mes_version": "1", "base": "base", "steps": [{"op": "adapter.lora", "bank": "lora"}]})

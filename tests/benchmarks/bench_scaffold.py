@@ -12,20 +12,13 @@ first forward pass's logits, peak RSS of that process; the steps run in turns, m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from functools import partial
-from pathlib import Path
 
-from _measure import LLAMA_WITH_LORA, drop_dir, interleaved_medians, machine, print_pairs, run_worker
+from _measure import drop_dir, interleaved_medians, llama_with_lora, machine, print_pairs, run_worker
 
-SETUP = (
-    LLAMA_WITH_LORA
-    + """
+SETUP = """
 from weightbank.composer import fuse_scaffold
 from weightbank.registry.scaffold_add import add_scaffold_folder
 seeds = add_scaffold_folder(registry.store, work / "lora", "seeds", host="base", alpha=0.5)
@@ -33,25 +26,11 @@ fused = fuse_scaffold(registry.store, "seeds", as_name="fused")
 registry.export("fused", work / "fused")
 print(json.dumps({"total": sum(sizes), "largest": max(sizes), "seeds": seeds.seeds, "changed": fused.changed}))
 """
-)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--layers", type=int, default=9)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-scaffold-"))
-    work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    setup = subprocess.run(
-        [sys.executable, "-c", SETUP, str(work), str(args.layers), args.dtype],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    sizes = json.loads(setup.stdout.strip().splitlines()[-1])
+    args, work, sizes = llama_with_lora(__doc__.splitlines()[0], "wb-bench-scaffold-", SETUP)
     store = str(work / "store")
     # The scaffold is recorded against its pre-decision version: `fuse` appended a decision.
     fold_spec = json.dumps({"mes_version": "1", "base": "base", "steps": [{"op": "scaffold.fold", "bank": "seeds@v1"}]})
