@@ -16,6 +16,7 @@ meta device): a seed sits on an `nn.Linear` (weight (out, in)) or a `Conv1D` (we
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,8 +25,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from weightbank.registry.digest import short
+from weightbank.registry.banks import Bank
 from weightbank.registry.errors import WeightbankError
+from weightbank.registry.naming import with_article
 from weightbank.registry.peft_adapter import lora_scale
 from weightbank.registry.scaffolds import ScaffoldView, alpha_at, fold_blocker, shape_problems
 
@@ -63,28 +65,22 @@ class PlannedSeed:
         return lora_scale(self.options["lora_alpha"], self.options["r"], self.options["use_rslora"])
 
 
-def step_view(step: dict[str, Any], source: BankSource) -> tuple[ScaffoldView, float | None, int | None]:
-    """The step's scaffold bank (refused if pruned, or grafted onto another host unless
-    `check_host: false`), and its `alpha` / `at` overrides."""
+def step_view(step: dict[str, Any], bank: Callable[[str], Bank]) -> tuple[ScaffoldView, float | None, int | None]:
+    """The step's scaffold bank, looked up with `bank` (refused if pruned), and its `alpha` /
+    `at` overrides."""
     check_parameters(step, STEP_PARAMETERS)
     ref = step.get("bank")
     if not isinstance(ref, str):
         raise PlanProblem("give the scaffold bank as 'bank: REF'")
     try:
-        view = ScaffoldView(source.bank(ref, "scaffold", "scaffold"), ref)
+        view = ScaffoldView(bank(ref), ref)
     except WeightbankError as exc:
         raise PlanProblem(str(exc)) from None
     decision = view.decision
     if decision is not None and decision["action"] == "prune":
         raise PlanProblem(f"{ref} was pruned: its seeds are dropped (name an earlier version to apply them anyway)")
-    check_host = step.get("check_host", True)
-    if not isinstance(check_host, bool):
+    if not isinstance(step.get("check_host", True), bool):
         raise PlanProblem("check_host must be true or false")
-    if check_host and view.host != source.base.digest:
-        raise PlanProblem(
-            f"{ref} was grafted onto host {view.host_ref} ({short(view.host)}), not onto this composition's base "
-            f"{short(source.base.digest)} (set check_host: false to apply it anyway)"
-        )
     alpha, at = step.get("alpha"), step.get("at")
     if alpha is not None and at is not None:
         raise PlanProblem("give either alpha (a constant for every seed) or at (a step of their schedules), not both")
@@ -97,7 +93,12 @@ def step_view(step: dict[str, Any], source: BankSource) -> tuple[ScaffoldView, f
 
 def planned_seeds(state: ModelState, step: dict[str, Any], source: BankSource) -> list[PlannedSeed]:
     """Every seed of the step's bank, checked against `state` (all problems at once)."""
-    view, alpha, at = step_view(step, source)
+    view, alpha, at = step_view(step, lambda ref: source.bank(ref, "scaffold", "scaffold"))
+    if step.get("check_host", True) and view.host != source.base.digest:
+        raise PlanProblem(
+            f"{view.ref} was grafted onto host {source.describe(view.host)}, not onto this composition's base "
+            f"{source.describe(source.base.digest)} (set check_host: false to apply it anyway)"
+        )
     problems: list[str] = []
     seeds = []
     for seed in view.seeds.values():
@@ -146,9 +147,8 @@ def _layout(config: dict[str, Any], slot: str) -> tuple[str, str]:
         return "in_out", ""
     if isinstance(module, nn.Linear):
         return "out_in", ""
-    name = type(module).__name__
     return "", (
-        f"{slot} is {'an' if name[0] in 'AEIOU' else 'a'} {name} layer, not a linear layer (nn.Linear or Conv1D): "
+        f"{slot} is {with_article(type(module).__name__)} layer, not a linear layer (nn.Linear or Conv1D): "
         "seeds fold into and attach around linear layers"
     )
 

@@ -152,28 +152,10 @@ def attach_from_store(model: M, step: dict[str, Any], context: OracleContext) ->
 
 def oracle_seeds(step: dict[str, Any], context: OracleContext) -> list[tuple[Seed, float]]:
     """A scaffold step's seeds, each with the alpha it applies with, read for an oracle."""
-    view, alpha, at = step_view({**step, "check_host": False}, _OracleSource(context))
+    view, alpha, at = step_view(step, context.store.bank)
     return [(seed, alpha if alpha is not None else alpha_at(seed.alpha, at)) for seed in view.seeds.values()]
 
 
 def read_tensor(context: OracleContext, digest: str) -> torch.Tensor:
     """A stored tensor object, verified, as a CPU tensor."""
     return load_safetensors(context.store.objects.read(digest))[CANONICAL_KEY]
-
-
-class _OracleSource:
-    """Bank lookups for an oracle: straight from the store, nothing recorded."""
-
-    def __init__(self, context: OracleContext) -> None:
-        self.store = context.store
-
-    def bank(self, ref: str, role: str, bank_type: str | None = None) -> Any:
-        del role, bank_type
-        return self.store.bank(ref)
-
-    def warn(self, message: str) -> None:
-        del message  # the composition's own plan reported it
-
-    @property
-    def base(self) -> Any:
-        raise AssertionError("oracles do not check hosts")

@@ -317,9 +317,9 @@ def test_fuse_prune_persist_are_recorded_in_log_and_lineage(tiny_folders, tmp_pa
     fused_model = compose({"mes_version": "1", "base": "host", "steps": []}, store=registry.store)[0]
     assert torch.equal(logits(fused_model), logits(folded))  # the fused host is the fold
 
-    host_log = json.loads(wb("log", "host", "--json").stdout)
+    host_log = json.loads(wb("log", "host", "--reverse", "--json").stdout)
     assert (host_log[-1]["action"], host_log[-1]["message"]) == ("fuse", "fused after evaluation")
-    seed_log = json.loads(wb("log", "seed-7", "--json").stdout)
+    seed_log = json.loads(wb("log", "seed-7", "--reverse", "--json").stdout)
     assert [(e["action"], e["message"]) for e in seed_log] == [("add", "germinated at step 30"),
                                                               ("fuse", "fused after evaluation")]  # fmt: skip
     lineage = json.loads(wb("lineage", "host@v2", "--format", "json").stdout)
@@ -347,7 +347,7 @@ def test_fuse_prune_persist_are_recorded_in_log_and_lineage(tiny_folders, tmp_pa
     for name, action, message in [("seed-8", "prune", "no gain on the eval set"),
                                   ("seed-9", "persist", "persisted: the seeds stay separate modules at run time "
                                    "(scaffold.attach)")]:  # fmt: skip
-        entries = json.loads(wb("log", name, "--json").stdout)
+        entries = json.loads(wb("log", name, "--reverse", "--json").stdout)
         assert [e["action"] for e in entries] == ["add", action] and entries[-1]["message"] == message
         graph = json.loads(wb("lineage", name, "--format", "json").stdout)
         root = next(node for node in graph["nodes"] if node["digest"] == graph["root"])

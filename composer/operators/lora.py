@@ -31,7 +31,6 @@ unmerged adapter). `ensure_weight_tying` adapters share one delta, added once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, cast
 
