@@ -22,6 +22,7 @@ from .file_range import FileRange
 from .ingest import WeightFile, record_bank, scan_folder, tensor_ranges
 from .json_input import parse_json_object
 from .names import check_ref_name
+from .naming import with_article
 from .peft_adapter import classify_key, merge_blockers, module_rank_and_alpha
 from .provenance import new_activity
 from .safetensors_format import FLOAT_DTYPES, SafetensorsHeader, TensorEntry, read_header
@@ -213,7 +214,7 @@ def seed_tensors(value: Any, kind: str, where: str) -> tuple[dict[str, Any], dic
 def _host(store: Store, ref: str) -> Bank:
     bank = store.bank(ref)
     if bank.type != "base" or bank.config is None:
-        raise InputError(f"--host {ref} is a {bank.type} bank; seeds are grafted onto a base model bank")
+        raise InputError(f"--host {ref} is {with_article(bank.type)} bank; seeds are grafted onto a base model bank")
     return bank
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from .banks import Bank, TensorRecord
 from .errors import InputError
+from .naming import with_article
 
 # Hugging Face model types whose linear layers are transformers' Conv1D, weight (in, out);
 # their lm_head stays an nn.Linear.
@@ -347,7 +348,7 @@ class ScaffoldView:
 
     def __init__(self, bank: Bank, ref: str) -> None:
         if bank.type != "scaffold":
-            raise InputError(f"{ref} is a {bank.type} bank, not a scaffold")
+            raise InputError(f"{ref} is {with_article(bank.type)} bank, not a scaffold")
         self.bank = bank
         self.ref = ref
         self.fold: dict[str, Any] = bank.document["fold"]
