@@ -145,11 +145,15 @@ def verify(ctx: click.Context, spec: str, against: str | None, tolerance: float,
                 f"  {effect.step}: max-abs difference {effect.max_abs_diff:.3g} vs the model before it at "
                 f"{effect.tokens} tokens, {effect.label} ({judged})"
             )
+        for oracle, diff in report.others:
+            click.echo(f"{'ok' if diff <= report.tolerance else 'FAIL'}: max-abs difference {diff:.3g} vs {oracle}")
     failures = [f"{e.step} changes the outputs {e.label} by {e.max_abs_diff:.3g} > {e.tolerance:g}"
                 for e in report.effects if not e.ok]  # fmt: skip
     if report.max_abs_diff > report.tolerance:
         compared = against if against is not None else "its oracle"
         failures.insert(0, f"{spec} differs from {compared} by {report.max_abs_diff:.3g} > {tolerance:g}")
+    failures += [f"{spec} differs from {oracle} by {diff:.3g} > {tolerance:g}" for oracle, diff in report.others
+                 if diff > report.tolerance]  # fmt: skip
     if failures:
         click.echo(f"error: {'; '.join(failures)}", err=True)
         sys.exit(1)

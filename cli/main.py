@@ -19,6 +19,7 @@ from .merge_commands import import_mergekit
 from .output import human_bytes, print_json, print_table
 from .prism_commands import prism
 from .remote_commands import pull, push, remote
+from .scaffold_commands import scaffold
 from .signing_commands import sign, signature_lines, signed_by, trust, trust_options
 
 
@@ -415,6 +416,7 @@ cli.add_command(consolidate)
 cli.add_command(sign)
 cli.add_command(trust)
 cli.add_command(import_mergekit)
+cli.add_command(scaffold)
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ from .expansion import ExpansionResult, expand, ingest_trained
 from .plan import CompositionWarning, Plan, PlanError
 from .planner import Candidate, candidates
 from .prism import BridgedModel, PrismBridge, compose_bridged, load_bridge
+from .scaffold_fuse import FuseResult
+from .scaffold_fuse import fuse as fuse_scaffold
 from .verify import VerifyReport
 from .write import ComposeResult
 
@@ -20,6 +22,7 @@ __all__ = [
     "ComposeResult",
     "CompositionWarning",
     "ExpansionResult",
+    "FuseResult",
     "Plan",
     "PlanError",
     "PrismBridge",
@@ -30,6 +33,7 @@ __all__ = [
     "compose_bridged",
     "count_parameters",
     "expand",
+    "fuse_scaffold",
     "ingest_trained",
     "load_bridge",
     "load_tokenizer",

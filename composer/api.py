@@ -17,7 +17,7 @@ from weightbank.registry.store import Store
 from .build import build_model
 from .executor import Executor
 from .hf_model import config_object
-from .plan import CompositionWarning, Plan, make_plan
+from .plan import CompositionWarning, Plan, make_plan, refuse_attachments
 from .verify import DEFAULT_TOLERANCE, VerifyReport, verify
 from .write import ComposeResult, write_composition
 
@@ -95,6 +95,7 @@ def save_model(model: PreTrainedModel, the_plan: Plan, store: Store, out_dir: st
     """A model composed on a device, saved with save_pretrained plus the base's other files."""
     from weightbank.registry.checkpoints import staged_folder
 
+    refuse_attachments(the_plan)
     with staged_folder(Path(out_dir)) as folder:
         model.save_pretrained(folder)
         missing = {path: record for path, record in the_plan.files.items() if not (folder / path).exists()}

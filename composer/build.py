@@ -20,6 +20,7 @@ from .dtypes import target_code, to_torch
 from .executor import Executor
 from .hf_model import config_object, meta_model
 from .plan import Plan
+from .tasks import Target
 
 
 def resolve_device(device: str | torch.device) -> torch.device | str:
@@ -62,6 +63,11 @@ def build_model(plan: Plan, executor: Executor, device: str | torch.device = "cp
         on = _device_for(name, device_map)
         if buffer.device != torch.device(on):
             set_module_tensor_to_device(model, name, on, value=buffer)
+    code = target_code(plan.dtype)
+    for attached in plan.attachments:  # runtime modules (scaffold.attach), on their slot's device
+        on = _device_for(f"{attached.module}.weight", device_map)
+        tensors = {role: executor.compute(Target(task, code), on) for role, task in attached.tensors.items()}
+        attached.install(model, tensors)
     if len(set(device_map.values())) > 1:
         model = dispatch_model(model, device_map)
     return model.eval()

@@ -31,6 +31,7 @@ from .tasks import (
     IndexSelect,
     Load,
     LowRankUpdate,
+    MatMul,
     Mean,
     Merge,
     Noise,
@@ -39,6 +40,7 @@ from .tasks import (
     Slice,
     Target,
     Task,
+    Transpose,
     walk,
 )
 
@@ -144,6 +146,9 @@ class _Evaluation:
         if isinstance(task, Slice):
             value, _ = self.run(task.src)
             return value.narrow(task.dim, task.start, task.stop - task.start), False
+        if isinstance(task, Transpose):
+            value, _ = self.run(task.src)
+            return value.t(), False
         if isinstance(task, Concat):
             parts = [self.run(part)[0] for part in task.parts]
             if task.dtype == F32:
@@ -218,6 +223,8 @@ class _Evaluation:
             return (value.mul_(task.factor) if owned else value * task.factor), True
         if isinstance(task, Mean):
             return self._float(task.src)[0].mean(task.dim, keepdim=True), True
+        if isinstance(task, MatMul):
+            return torch.matmul(self._float(task.a)[0], self._float(task.b)[0]), True
         if isinstance(task, Normalize):
             value, owned = self._float(task.src)
             magnitude, _ = self._float(task.magnitude)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -12,13 +13,33 @@ from weightbank.registry.errors import WeightbankError
 from .tasks import Load, Task
 
 
+class Attachment(Protocol):
+    """A runtime module an operator adds to the built model (`scaffold.attach`): not a
+    checkpoint tensor, so folders and banks cannot hold it. The build computes its `tensors`
+    in the model's dtype, on the device of its `module`, and calls `install`."""
+
+    @property
+    def module(self) -> str: ...
+
+    @property
+    def tensors(self) -> Mapping[str, Task]: ...
+
+    def problems(self, tensors: Mapping[str, Task]) -> list[str]:
+        """Why it does not fit the composed model's final tensors (empty if it does)."""
+        ...
+
+    def install(self, model: Any, tensors: dict[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class ModelState:
-    """The model between two steps: its Hugging Face config (a plain dict) and, for every
-    checkpoint tensor, the task that computes it."""
+    """The model between two steps: its Hugging Face config (a plain dict), for every
+    checkpoint tensor the task that computes it, and the runtime modules attached so far
+    (operators that know nothing of them keep them: see `plan.apply_steps`)."""
 
     config: dict[str, Any]
     tensors: dict[str, Task]
+    attachments: tuple[Attachment, ...] = ()
 
 
 class PlanProblem(WeightbankError):

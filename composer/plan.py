@@ -10,6 +10,7 @@ raised together as one PlanError before any tensor is read.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +18,13 @@ from typing import Any
 
 from weightbank.registry.banks import Bank, FileRecord
 from weightbank.registry.checkpoints import MODEL_CONFIG
-from weightbank.registry.errors import WeightbankError, WeightbankWarning
+from weightbank.registry.errors import InputError, WeightbankError, WeightbankWarning
 from weightbank.registry.naming import display_name, names_by_target, with_article
 from weightbank.registry.safetensors_format import FLOAT_DTYPES
 from weightbank.registry.store import Store
 
 from .dtypes import TARGET_DTYPES, is_floating, target_code
-from .model_state import ModelState, PlanProblem, load
+from .model_state import Attachment, ModelState, PlanProblem, load
 from .operators import OPERATORS
 from .spec import load_spec
 from .tasks import Load, ShapeError, Target, walk
@@ -113,6 +114,7 @@ class Plan:
     inputs: dict[str, str]  # every input bank: digest -> role
     resolved_spec: dict[str, Any]  # the spec with every ref replaced by its digest
     warnings: list[str] = field(default_factory=list)
+    attachments: tuple[Attachment, ...] = ()  # runtime modules the build adds (scaffold.attach)
 
     def reads(self) -> dict[str, int]:
         """Objects the plan reads: digest → payload bytes."""
@@ -144,6 +146,16 @@ class Plan:
             "steps": [step["op"] for step in self.steps],
             "warnings": self.warnings,
         }
+
+
+def refuse_attachments(plan: Plan) -> None:
+    """Folders and banks hold checkpoint tensors only: a plan with runtime modules cannot be written."""
+    if plan.attachments:
+        raise InputError(
+            f"scaffold.attach keeps {len(plan.attachments)} seed(s) as runtime modules, which a from_pretrained folder "
+            "or a base bank cannot hold: build the model (weightbank.compose, or compose --device without --out), "
+            "or fold the seeds (scaffold.fold)"
+        )
 
 
 def resolve_base(store: Store, ref: str, load: Callable[[str], Bank] | None = None) -> tuple[Bank, Bank | None]:
@@ -190,7 +202,8 @@ def apply_steps(
             )
             continue
         try:
-            state = operator.apply(state, step, sources)
+            applied = operator.apply(state, step, sources)
+            state = applied if applied.attachments else dataclasses.replace(applied, attachments=state.attachments)
         except PlanProblem as exc:
             problems.extend(f"{label} {number} ({step['op']}): {p}" for p in exc.problems)
         except ShapeError as exc:
@@ -225,6 +238,7 @@ def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
     sources = Sources(store, base, {base.digest: "base"}, {document["base"]: (expansion or base).digest})
     recipe: list[dict[str, Any]] = expansion.document["recipe"]["steps"] if expansion is not None else []
     state = apply_steps(starting_state(base, expansion, sources, problems), document["steps"], sources, problems)
+    problems.extend(problem for attached in state.attachments for problem in attached.problems(state.tensors))
 
     dtype_name = _target_dtype(dtype, document, (expansion or base).config or {}, problems)
     code = TARGET_DTYPES.get(dtype_name, "F32")
@@ -244,7 +258,7 @@ def make_plan(store: Store, spec: Any, *, dtype: str | None = None) -> Plan:
     resolved = _resolved_spec(document, sources.resolved, dtype_name)
     return Plan(
         document, base, expansion, [*recipe, *document["steps"]], config, dtype_name, targets, files, sources.inputs,
-        resolved, warnings,
+        resolved, warnings, state.attachments,
     )  # fmt: skip
 
 

@@ -5,8 +5,9 @@ expressions are equal values (frozen dataclasses), so a tensor used by several t
 recognised and computed once. Shapes and dtypes are known when a task is built, so every
 shape problem is found at plan time, before a byte is read.
 
-Arithmetic (`Add`, `Scale`, `Mean`, `LowRankUpdate`, `Normalize`, `Merge`) is done in float32;
-structural tasks (`Slice`, `Concat`, `IndexSelect` without factors) keep their input's dtype.
+Arithmetic (`Add`, `Scale`, `Mean`, `MatMul`, `LowRankUpdate`, `Normalize`, `Merge`) is done in
+float32; structural tasks (`Slice`, `Transpose`, `Concat`, `IndexSelect` without factors) keep their
+input's dtype.
 """
 
 from __future__ import annotations
@@ -115,6 +116,29 @@ class Slice(Task):
         shape = list(self.src.shape)
         shape[self.dim] = self.stop - self.start
         return tuple(shape)
+
+    @property
+    def dtype(self) -> str:
+        return self.src.dtype
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Transpose(Task):
+    """`src.T` of a matrix: a seed in nn.Linear's (out, in) layout meeting a Conv1D's (in, out)."""
+
+    src: Task
+
+    def __post_init__(self) -> None:
+        if len(self.src.shape) != 2:
+            raise ShapeError(f"cannot transpose {list(self.src.shape)}: not a matrix")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        rows, cols = self.src.shape
+        return (cols, rows)
 
     @property
     def dtype(self) -> str:
@@ -242,8 +266,30 @@ class Mean(_Arithmetic):
 
 
 @dataclass(frozen=True)
+class MatMul(_Arithmetic):
+    """`a @ b` for a matrix and a vector (either side): a seed's bias terms such as W·c."""
+
+    a: Task
+    b: Task
+
+    def __post_init__(self) -> None:
+        a, b = self.a.shape, self.b.shape
+        fits = (len(a), len(b)) in ((2, 1), (1, 2)) and a[-1] == b[0]
+        if not fits:
+            raise ShapeError(f"cannot multiply {list(a)} by {list(b)}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.a.shape[0],) if len(self.a.shape) == 2 else (self.b.shape[1],)
+
+    def inputs(self) -> tuple[Task, ...]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True)
 class LowRankTerm:
-    """One LoRA delta: `factor · (b @ a)`, transposed when `transpose` is set."""
+    """One low-rank (or any product) delta: `factor · (b @ a)`, transposed when `transpose` is
+    set — a LoRA's B·A, or a scaffold seed's W·L / L·W."""
 
     b: Task
     a: Task

@@ -2,8 +2,11 @@
 
 The oracle is built by the peers from banks exported to a scratch folder: transformers'
 `from_pretrained` of the base (or of `--against REF`), with every step's `oracle` applied —
-PEFT's own merge for adapters, nothing for function-preserving growth. The report is the
-max-abs difference of their logits (or last hidden states) on the CPU, in float32 arithmetic.
+PEFT's own merge for adapters, nothing for function-preserving growth, the unfolded seeds for
+scaffold folds. The report is the max-abs difference of their logits (or last hidden states)
+on the CPU, in float32 arithmetic. A step whose operator has a `peer_oracle` (a second
+reference, such as PEFT's merge for lora seeds) is also compared with the oracle chain that has
+that peer in the step's place (`others`).
 
 Precision: against its own oracle, the composition is built with float32 weights. Against a
 bank (`--against REF`), it is built at that bank's dtype (a bank `compose --name` wrote in
@@ -70,10 +73,15 @@ class VerifyReport:
     precision: str = "float32 weights, float32 arithmetic"
     against: str | None = None
     effects: list[Effect] = field(default_factory=list)  # what steps change on purpose (probes)
+    others: list[tuple[str, float]] = field(default_factory=list)  # further oracles: (description, max-abs)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and all(effect.ok for effect in self.effects)
+        return self.worst_diff <= self.tolerance and all(effect.ok for effect in self.effects)
+
+    @property
+    def worst_diff(self) -> float:
+        return max([self.max_abs_diff, *(diff for _, diff in self.others)])
 
 
 def fixed_inputs(vocab_size: int, seed: int = 0, batch: int = 2, length: int = 16) -> torch.Tensor:
@@ -141,10 +149,38 @@ def verify(
         actual = outputs_of(composed, tokens)
         del composed
         advance(1)
+        others = [] if against else _peer_comparisons(plan.base.digest, plan.steps, context, actual, tokens)
     description = f"from_pretrained({against})" if against else _describe(plan.steps)
     precision = f"{dtype} weights, float32 arithmetic"
     diff = (actual - expected).abs().max().item()
-    return VerifyReport(diff, tolerance, description, list(tokens.shape), plan.warnings, precision, against, effects)
+    return VerifyReport(
+        diff, tolerance, description, list(tokens.shape), plan.warnings, precision, against, effects, others
+    )
+
+
+def _apply_oracles(model: PreTrainedModel, steps: list[dict[str, Any]], context: OracleContext) -> PreTrainedModel:
+    for step in steps:
+        model = OPERATORS[step["op"]].oracle(model, step, context)
+    return model
+
+
+def _peer_comparisons(
+    base: str, steps: list[dict[str, Any]], context: OracleContext, composed: torch.Tensor, tokens: torch.Tensor
+) -> list[tuple[str, float]]:
+    """For each step with a `peer_oracle`: the oracle chain with that peer in the step's place,
+    built one model at a time."""
+    found = []
+    for number, step in enumerate(steps):
+        peer = getattr(OPERATORS[step["op"]], "peer_oracle", None)
+        if peer is None:
+            continue
+        replaced = peer(_apply_oracles(context.load_model(base), steps[:number], context), step, context)
+        if replaced is not None:
+            label, model = replaced
+            outputs = outputs_of(_apply_oracles(model, steps[number + 1 :], context), tokens)
+            del model
+            found.append((f"step {number + 1}: {label}", (composed - outputs).abs().max().item()))
+    return found
 
 
 def _measure(before: PreTrainedModel, after: PreTrainedModel, probe: Probe) -> Effect:

@@ -35,7 +35,7 @@ from weightbank.registry.store import Store
 
 from .executor import Executor
 from .hf_model import config_object
-from .plan import Plan
+from .plan import Plan, refuse_attachments
 from .tasks import Load
 
 
@@ -68,11 +68,13 @@ def write_composition(
     message: str = "",
     max_shard_size: int | str | None = None,
     show_progress: bool = False,
+    action: str = "compose",
 ) -> ComposeResult:
     """Stream the composed tensors to `out_dir` (a from_pretrained folder) and/or into the
-    store as bank `name`."""
+    store as bank `name` (recorded with `action` in its ref history)."""
     if name is not None:
         check_ref_name(name)
+    refuse_attachments(plan)
     executor = Executor(store, "cpu")
     config_bytes = config_object(plan.config).to_json_string(use_diff=True).encode("utf-8")
     shards = plan_shards({n: (t.dtype, t.nbytes) for n, t in plan.targets.items()}, max_shard_size)
@@ -131,7 +133,7 @@ def write_composition(
         safetensors_metadata=DEFAULT_METADATA,
     )
     digest = store.manifests.put(manifest)
-    entry = store.record(name, digest, action="compose", message=message)
+    entry = store.record(name, digest, action=action, message=message)
     return ComposeResult(
         Path(out_dir) if out_dir else None, name, entry.version, digest, composition, len(records), total, created
     )

@@ -25,6 +25,7 @@ from .provenance import Lineage
 from .refs import RefEntry
 from .registry import Registry, RollbackResult
 from .remotes import Remote, TransferResult
+from .scaffold_add import SeedSpec
 from .signing import Signer, SignResult
 from .store import Store
 from .trust import TrustedKey, TrustPolicy
@@ -49,6 +50,7 @@ __all__ = [
     "RemoteError",
     "RollbackResult",
     "SchemaError",
+    "SeedSpec",
     "SignResult",
     "SignatureError",
     "Signer",

@@ -284,13 +284,7 @@ def ingest_folder(
 
     tensors, files, created = _store_contents(store, scan, show_progress, rehash)
     manifest = _manifest(scan, tensors, files, parents, message)
-    head = store.refs.head(name)
-    unchanged = head is not None and content_of(store.manifests.get(head.manifest)) == content_of(manifest)
-    if head is not None and unchanged:
-        version, digest = head.version, head.manifest
-    else:
-        digest = store.manifests.put(manifest)
-        version = store.record(name, digest, action="ingest", message=message, force_type=force_type).version
+    version, digest, unchanged = record_bank(store, name, manifest, "ingest", message, force_type=force_type)
     return IngestResult(
         name=name,
         version=version,
@@ -347,6 +341,19 @@ def _check_storable(scan: FolderScan, parents: list[Parent], message: str) -> No
         validate_manifest(_manifest(scan, tensors, files, parents, message), "the bank manifest")
     except SchemaError as exc:
         raise InputError(f"{scan.folder}: cannot be stored: {exc}") from None
+
+
+def record_bank(
+    store: Store, name: str, manifest: dict[str, Any], action: str, message: str, *, force_type: bool = False
+) -> tuple[int, str, bool]:
+    """Store `manifest` and record it as the next version of `name` — unless the head already
+    has the same content (provenance aside): (version, digest, unchanged)."""
+    head = store.refs.head(name)
+    if head is not None and content_of(store.manifests.get(head.manifest)) == content_of(manifest):
+        return head.version, head.manifest, True
+    digest = store.manifests.put(manifest)
+    entry = store.record(name, digest, action=action, message=message, force_type=force_type)
+    return entry.version, digest, False
 
 
 def _adapter_base(store: Store, base: str | None, scan: FolderScan) -> Bank:

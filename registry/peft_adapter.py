@@ -15,6 +15,8 @@ GPT-2's Conv1D stores weights as (in, out): PEFT marks those adapters `fan_in_fa
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,23 @@ from .errors import InputError
 
 KEY_PREFIX = "base_model.model."
 OUTPUT_HEAD = "lm_head.weight"  # transformers' name for every causal LM's output embedding
+# PEFT features whose merged weights cannot be reproduced exactly: refused with the reason.
+_UNSUPPORTED_FEATURES = {
+    "layer_replication": "it shares layers between positions, which a merged state dict cannot express",
+    "target_parameters": "LoRA on raw nn.Parameters is not supported",
+    "trainable_token_indices": "trainable-token deltas are not supported",
+    "alora_invocation_tokens": "activated LoRA depends on the input, so it cannot be merged",
+    "use_qalora": "QA-LoRA is not supported",
+    "use_bdlora": "BD-LoRA is not supported",
+    "megatron_config": "Megatron-parallel LoRA layers are not supported",
+    "arrow_config": "Arrow routing is input-dependent, so it cannot be merged",
+    "lora_ga_config": "LoRA-GA rewrites the base weights at initialisation",
+    "kasa_config": "KaSA is not supported",
+    "velora_config": "VeLoRA is not supported",
+    "monteclora_config": "MonteCLoRA is not supported",
+}
+# Initialisations that rewrote the base weights during training (the adapter only fits that base).
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
 LORA_PARTS = {
     "lora_A.weight": "lora_A",
     "lora_B.weight": "lora_B",
@@ -59,6 +78,42 @@ def classify_key(key: str) -> AdapterKey:
         return AdapterKey(key, module, "base_layer", f"{module}.{param}")
     module = path.rpartition(".")[0]
     return AdapterKey(key, module, "replace", path)
+
+
+def merge_blockers(peft_config: Mapping[str, Any], ref: str) -> list[str]:
+    """Why an adapter's merge would not match what PEFT computes (empty if it would)."""
+    problems = [
+        f"{ref}: PEFT option {key} is set; {reason}"
+        for key, reason in _UNSUPPORTED_FEATURES.items()
+        if peft_config.get(key) not in (None, False, {}, [], "")
+    ]
+    init = peft_config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        problems.append(
+            f"{ref}: init_lora_weights={init!r} rewrote the base weights during training; convert the adapter "
+            "with PEFT (path_initial_model_for_weight_conversion) before merging it into the original base"
+        )
+    return problems
+
+
+def pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
+    """PEFT's get_pattern_key: the value of the first pattern matching the end of the module path."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def module_rank_and_alpha(peft_config: Mapping[str, Any], module: str) -> tuple[Any, Any]:
+    """(r, lora_alpha) of one adapted module, `rank_pattern` / `alpha_pattern` applied as PEFT does."""
+    rank = pattern_value(peft_config.get("rank_pattern") or {}, module, peft_config.get("r"))
+    alpha = pattern_value(peft_config.get("alpha_pattern") or {}, module, peft_config.get("lora_alpha", 8))
+    return rank, alpha
+
+
+def lora_scale(lora_alpha: float, rank: int, use_rslora: bool) -> float:
+    """PEFT's scaling of B·A: lora_alpha / r, or lora_alpha / √r with rsLoRA."""
+    return lora_alpha / math.sqrt(rank) if use_rslora else lora_alpha / rank
 
 
 def check_lora_config(peft_config: Mapping[str, Any], source: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from .provenance import Lineage, build_lineage
 from .refs import RefEntry, parse_ref
 from .remotes import DEFAULT_JOBS, Remote, TransferResult, config, transfer
 from .remotes.urls import open_remote
+from .scaffold_add import ScaffoldResult, add_scaffold_seeds
+from .scaffold_check import ScaffoldCheck, check_scaffold
+from .scaffold_lifecycle import persist, prune
 from .signing import Signer, SignResult, require_signed, sign, signers
 from .store import Store
 from .trust import TrustedKey, TrustPolicy
@@ -136,6 +140,48 @@ class Registry:
             raise InputError(f"--purge removes a whole ref: give {spec.name}, not {ref}")
         versions = None if spec.version is None else [spec.version]
         return self.store.remove(spec.name, versions, purge=purge, message=message)
+
+    def add_scaffold(
+        self,
+        name: str,
+        *,
+        host: str,
+        seeds: Mapping[str, Any],
+        kind: str = "delta",
+        alpha: float | Mapping[str, Any] = 1.0,
+        message: str = "",
+        **options: Any,
+    ) -> ScaffoldResult:
+        """Record live seeds grafted onto base bank `host` as the next version of scaffold bank `name`.
+
+        `seeds` maps each slot (a linear layer's module path in the host) to a torch module or
+        a mapping of its state-dict tensors, or to a `SeedSpec` with its own kind/alpha/options.
+        `kind`: delta, blend, lora, input, output, router or mlp; `alpha`: a constant or a
+        schedule `{"alpha0", "alpha1", "shape": linear|cosine|sigmoid, "steps", "at"}`;
+        `options` (for the seeds whose kind takes them): lora `lora_alpha`, `use_rslora`; router
+        `gates`; mlp `activation`.
+        Seeds whose slot or shapes do not fit the host are refused, naming the slot.
+
+        Example:
+            >>> reg.add_scaffold("seed-7", host="tiny@v1", kind="delta",     # doctest: +SKIP
+            ...     seeds={"model.layers.0.self_attn.q_proj": torch.nn.Linear(64, 64)},
+            ...     alpha={"alpha0": 0.0, "alpha1": 1.0, "shape": "cosine", "steps": 1000, "at": 250})
+        """
+        return add_scaffold_seeds(
+            self.store, name, host=host, seeds=seeds, kind=kind, alpha=alpha, message=message, **options
+        )
+
+    def check_scaffold(self, ref: str) -> ScaffoldCheck:
+        """Per seed of scaffold `ref`: whether it folds into its host (and why not), its alpha, its bytes."""
+        return check_scaffold(self.store, ref)
+
+    def prune_scaffold(self, name: str, *, message: str = "") -> RefEntry:
+        """Record that scaffold `name`'s seeds are dropped (the host is unchanged)."""
+        return prune(self.store, name, message=message)
+
+    def persist_scaffold(self, name: str, *, message: str = "") -> RefEntry:
+        """Record that scaffold `name`'s seeds stay runtime modules (compose them with scaffold.attach)."""
+        return persist(self.store, name, message=message)
 
     def lineage(self, ref: str) -> Lineage:
         """The provenance DAG of `ref`."""

@@ -138,6 +138,18 @@ BAD_INPUT: dict[str, list[Bad]] = {
     ],
     "trust ls": [Bad("trust", "ls", "extra"), Bad("trust", "ls", store="missing")],
     "trust rm": [Bad("trust", "rm", "ghost"), Bad("trust", "rm", "ghost", store="missing")],
+    "scaffold add": [
+        Bad("scaffold", "add", "{folder}", "--host", "m", "--name", "s"),  # a model folder, not seeds
+        Bad("scaffold", "add", "/definitely/missing", "--host", "m", "--name", "s"),
+        Bad("scaffold", "add", "{folder}", "--host", "lo", "--name", "s"),
+        Bad("scaffold", "add", "{folder}", "--host", "m", "--name", "../up"),
+        Bad("scaffold", "add", "{folder}", "--host", "m", "--name", "s", "--alpha", "1", "--shape", "linear"),
+        Bad("scaffold", "add", "{folder}", "--name", "s"),
+    ],
+    "scaffold check": [Bad("scaffold", "check", "m"), Bad("scaffold", "check", "ghost")],
+    "scaffold fuse": [Bad("scaffold", "fuse", "m"), Bad("scaffold", "fuse", "ghost"), Bad("scaffold", "fuse", "m@v1")],
+    "scaffold prune": [Bad("scaffold", "prune", "lo"), Bad("scaffold", "prune", "ghost", store="missing")],
+    "scaffold persist": [Bad("scaffold", "persist", "x"), Bad("scaffold", "persist", "ghost")],
 }
 # --require-signed [--trusted-key PEM] on the commands that take it: no key trusted, or a bad key file.
 for _command, _args in (("audit", ("m",)), ("export", ("m", "{out}")), ("compose", ("m", "--dry-run")),

@@ -207,6 +207,10 @@ def test_the_demo_leaves_nothing_behind(tmp_path: Path) -> None:
     assert "registered demo-merged@v1" in out
     assert "verify against PEFT's merge_and_unload: max-abs logits diff 0 (ok)" in out
     assert "├── adapter:" in out or "└── adapter:" in out
+    assert "alpha cosine 0→1 over 1000 steps at 400 = 0.3455" in out
+    folded = out.split("logits max-abs diff vs attached ")[1]
+    assert float(folded.split()[0]) <= 1e-5 and "verify the fold against the attached seed" in out
+    assert "(ok)" in out.split("verify the fold against the attached seed")[1].splitlines()[0]
     assert "verify grown vs original: max-abs logits diff" in out and "(ok)" in out.split("grown vs original")[1]
     assert "no tensors stored" in out and "audit: ok" in out
     assert "removed the demo's temporary store and folders" in out

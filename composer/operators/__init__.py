@@ -34,6 +34,8 @@ from . import (
     merge_ties,
     prune,
     rope,
+    scaffold_attach,
+    scaffold_fold,
 )
 
 
@@ -61,4 +63,6 @@ OPERATORS: dict[str, Operator] = {
     merge_slerp.NAME: merge_slerp,
     merge_passthrough.NAME: merge_passthrough,
     merge_model_stock.NAME: merge_model_stock,
+    scaffold_fold.NAME: scaffold_fold,
+    scaffold_attach.NAME: scaffold_attach,
 }

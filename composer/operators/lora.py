@@ -31,8 +31,6 @@ unmerged adapter). `ensure_weight_tying` adapters share one delta, added once.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -40,7 +38,7 @@ from transformers import PreTrainedModel
 
 from weightbank.registry.banks import Bank, TensorRecord
 from weightbank.registry.errors import InputError
-from weightbank.registry.peft_adapter import classify_key
+from weightbank.registry.peft_adapter import classify_key, lora_scale, merge_blockers, module_rank_and_alpha
 
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters, float32_number, load
 from ..oracle import OracleContext
@@ -48,24 +46,6 @@ from ..tasks import Add, LowRankTerm, LowRankUpdate, Normalize, Scale, ShapeErro
 from ..tied_head import TiedPair, tied_pair
 
 NAME = "adapter.lora"
-
-# PEFT features whose merged weights we cannot reproduce exactly: refused with the reason.
-_UNSUPPORTED_FEATURES = {
-    "layer_replication": "it shares layers between positions, which a merged state dict cannot express",
-    "target_parameters": "LoRA on raw nn.Parameters is not supported",
-    "trainable_token_indices": "trainable-token deltas are not supported",
-    "alora_invocation_tokens": "activated LoRA depends on the input, so it cannot be merged",
-    "use_qalora": "QA-LoRA is not supported",
-    "use_bdlora": "BD-LoRA is not supported",
-    "megatron_config": "Megatron-parallel LoRA layers are not supported",
-    "arrow_config": "Arrow routing is input-dependent, so it cannot be merged",
-    "lora_ga_config": "LoRA-GA rewrites the base weights at initialisation",
-    "kasa_config": "KaSA is not supported",
-    "velora_config": "VeLoRA is not supported",
-    "monteclora_config": "MonteCLoRA is not supported",
-}
-# Initialisations that rewrote the base weights during training (the adapter only fits that base).
-_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelState:
@@ -226,18 +206,7 @@ def _is_dora(bank: Bank) -> bool:
 
 
 def _check_supported(bank: Bank, ref: str) -> None:
-    config = bank.peft_config or {}
-    problems = [
-        f"{ref}: PEFT option {key} is set; {reason}"
-        for key, reason in _UNSUPPORTED_FEATURES.items()
-        if config.get(key) not in (None, False, {}, [], "")
-    ]
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
-        problems.append(
-            f"{ref}: init_lora_weights={init!r} rewrote the base weights during training; convert the adapter "
-            "with PEFT (path_initial_model_for_weight_conversion) before merging it into the original base"
-        )
+    problems = merge_blockers(bank.peft_config or {}, ref)
     if problems:
         raise PlanProblem(*problems)
 
@@ -265,18 +234,10 @@ def _group(bank: Bank) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[Tenso
     return modules, replacements
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    """PEFT's get_pattern_key: the first pattern matching the end of the module path."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
-
-
 def _scale(config: Mapping[str, Any], module: str, rank: int) -> float:
-    """PEFT's scaling: lora_alpha / r, or lora_alpha / √r with rsLoRA (alpha by pattern)."""
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
-    return float(alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank)
+    """PEFT's scaling of one module (alpha by pattern): lora_alpha / r, or lora_alpha / √r with rsLoRA."""
+    _, alpha = module_rank_and_alpha(config, module)
+    return float(lora_scale(alpha, rank, bool(config.get("use_rslora"))))
 
 
 def _plan_module(
@@ -295,7 +256,7 @@ def _plan_module(
         raise PlanProblem(f"has only {', '.join(sorted(parts))}")
     a, b = load(parts[a_key]), load(parts[b_key])
     rank = a.shape[0]
-    expected_rank = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
+    expected_rank, _ = module_rank_and_alpha(config, module)
     if expected_rank != rank:
         raise PlanProblem(f"lora_A has rank {rank} but the adapter config says r={expected_rank}")
     factor = weight * _scale(config, module, rank)

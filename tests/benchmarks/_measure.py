@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,20 @@ def median_of(
     return Measurement(label, results[len(results) // 2].seconds, max(m.peak_rss_mb for m in results))
 
 
+def interleaved_medians(runs: int, makers: Mapping[str, Callable[[], Measurement]]) -> dict[str, Measurement]:
+    """Like `median_of` for several steps at once, run in turns (A, B, C, A, B, C, …), so that a
+    load change on a shared machine hits every step alike rather than one block of runs."""
+    results: dict[str, list[Measurement]] = {label: [] for label in makers}
+    for _ in range(runs):
+        for label, make in makers.items():
+            results[label].append(make())
+    medians = {}
+    for label, found in results.items():
+        found.sort(key=lambda m: m.seconds)
+        medians[label] = Measurement(label, found[len(found) // 2].seconds, max(m.peak_rss_mb for m in found))
+    return medians
+
+
 def run_worker(label: str, kind: str, *args: str) -> Measurement:
     """One `_workers.py` run in a fresh process (dirty pages flushed first), timed after imports."""
     os.sync()
@@ -81,3 +98,50 @@ def print_pairs(pairs: list[tuple[Measurement, Measurement, float]]) -> None:
             f"{peer.label:<30}{peer.seconds:>7.2f}{peer.peak_rss_mb:>9.0f}  "
             f"{ours.label:<28}{ours.seconds:>7.2f}{ours.peak_rss_mb:>9.0f}{ratio:>7.2f}{target:>8.2f}"
         )
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Setup code for `python -c CODE WORK LAYERS DTYPE`: the ≈1 GB Llama-shaped model (9 layers,
+# bf16: 1.09 GB) saved to WORK/base, a rank-16 PEFT LoRA on its seven projections (random
+# factors) to WORK/lora, both ingested into WORK/store as `base` and `lora`. Benchmarks append
+# their own steps; `model`, `registry`, `work`, `dtype` are defined.
+LLAMA_WITH_LORA = f"""
+import json, sys, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from peft import LoraConfig, PeftModel, get_peft_model
+from weightbank.composer.tiny_models import make_config
+from weightbank.registry import Registry
+work, layers, dtype = Path(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
+config = make_config("llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
+    num_attention_heads=16, num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+model.save_pretrained(work / "base")
+lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules={LORA_TARGETS!r}, init_lora_weights=False))
+lora.save_pretrained(work / "lora")
+registry = Registry(work / "store")
+registry.ingest(work / "base", "base")
+registry.ingest(work / "lora", "lora", base="base")
+sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+"""
+
+
+def llama_with_lora(description: str, prefix: str, steps: str) -> tuple[argparse.Namespace, Path, dict[str, Any]]:
+    """The model benchmarks' options (--device, --dtype, --layers, --runs, --workdir), their work
+    folder, and the JSON their setup prints: LLAMA_WITH_LORA, then `steps`, run untimed in a
+    child process."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--layers", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    setup = subprocess.run(
+        [sys.executable, "-c", LLAMA_WITH_LORA + steps, str(work), str(args.layers), args.dtype],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return args, work, json.loads(setup.stdout.strip().splitlines()[-1])

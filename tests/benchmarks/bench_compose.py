@@ -12,62 +12,20 @@ On a GPU, host RSS during compose should stay ≤ 2× the largest tensor + 400 M
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
-from _measure import Measurement, drop_dir, machine, median_of, print_pairs, run_worker
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
+from _measure import Measurement, drop_dir, llama_with_lora, machine, median_of, print_pairs, run_worker
 
 SETUP = """
-import json, sys, torch
-from pathlib import Path
-from transformers import AutoModelForCausalLM
-from peft import LoraConfig, PeftModel, get_peft_model
-from weightbank.composer.tiny_models import make_config
-from weightbank.registry import Registry
-work, layers, dtype = Path(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
-TARGETS = json.loads(sys.argv[4])
-config = make_config("llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
-    num_attention_heads=16, num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-model.save_pretrained(work / "base")
-lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False))
-lora.save_pretrained(work / "lora")
 PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(work / "base", dtype=dtype), work / "lora") \\
     .merge_and_unload().save_pretrained(work / "merged")
-registry = Registry(work / "store")
-registry.ingest(work / "base", "base")
-registry.ingest(work / "lora", "lora", base="base")
-sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
 print(json.dumps({"total": sum(sizes), "largest": max(sizes)}))
 """
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--layers", type=int, default=9)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path)
-    args = parser.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-compose-"))
-    work.mkdir(parents=True, exist_ok=True)
-    setup = subprocess.run(
-        [sys.executable, "-c", SETUP, str(work), str(args.layers), args.dtype, json.dumps(LORA_TARGETS)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    sizes = json.loads(setup.stdout.strip().splitlines()[-1])
+    args, work, sizes = llama_with_lora(__doc__.splitlines()[0], "wb-bench-compose-", SETUP)
     store = str(work / "store")
     base_spec = json.dumps({"mes_version": "1", "base": "base", "steps": []})
     lora_spec = json.dumps({"mes_version": "1", "base": "base", "steps": [{"op": "adapter.lora", "bank": "lora"}]})
