@@ -165,3 +165,29 @@ def test_a_bad_fsspec_source_is_one_line(s3_endpoint: str, tmp_path: Path, url: 
     result = Cli(tmp_path / "store")("ingest", url, "--name", "m", ok=False)
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("refs/*"))
+
+
+def test_publishing_keeps_the_trust_policy_and_says_what_signing_does_not_cover(
+    hub: HubDouble, tiny_folders, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    private, public = keys["alice"]
+    wb = Cli(tmp_path / "store")
+    wb("ingest", tiny_folders("llama"), "--name", "signed")
+    wb("ingest", tiny_folders("llama", seed=1), "--name", "unsigned")
+    wb("sign", "signed", "--key", private)
+    trusted = ("--require-signed", "--trusted-key", public)
+    wb("export", "signed", "hf://team/signed-pub", "--create", *trusted)
+    assert "weightbank.json" in hub.files("team/signed-pub")
+
+    before = snapshot(wb.store)
+    refused = [
+        (("export", "unsigned", "hf://team/unsigned-pub", "--create", *trusted), "unsigned"),
+        (("export", "signed", "hf://team/signed-pub", "--sign", private), "--sign writes model.sig into a local"),
+        (("ingest", "hf://team/signed-pub", "--name", "back", *trusted), "verifies a local folder's model.sig"),
+    ]
+    for args, expected in refused:
+        result = wb(*args, ok=False)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert expected in result.stderr, result.stderr
+    assert ("model", "team/unsigned-pub") not in hub.repos  # refused before the Hub was contacted
+    assert snapshot(wb.store) == before
