@@ -54,12 +54,16 @@ FIRST_WAIT_SECONDS = 0.5
 Operation = CommitOperationAdd | CommitOperationDelete
 
 
+def hub_api() -> HfApi:
+    """An HfApi on `HF_ENDPOINT` as it is now (huggingface_hub reads it once, when first imported)."""
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
 class HubBackend:
     """The store in one Hub repo (`repo_type` "model" or "dataset"), on its main branch."""
 
     def __init__(self, repo_id: str, repo_type: str = "model", api: HfApi | None = None) -> None:
-        # HF_ENDPOINT is read now: huggingface_hub reads it once, when first imported.
-        self.api = api or HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+        self.api = api or hub_api()
         self.repo_id = repo_id
         self.repo_type = repo_type
         self.revision = "main"

@@ -12,13 +12,12 @@ from `HF_TOKEN` or `hf auth login`, endpoint from `HF_ENDPOINT`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -32,15 +31,10 @@ from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_ba
 from ..errors import NotFoundError, RemoteError
 from ..sources import SourceFile
 from .folders import RemoteFolder, visible
-from .hub import hub_error_line
+from .hub import hub_api, hub_error_line
 from .urls import HubLocation, parse_hub_url
 
 NO_ACCESS_HINT = "log in with `hf auth login` or set HF_TOKEN"
-
-
-def hub_api() -> HfApi:
-    """An HfApi on `HF_ENDPOINT` as it is now (huggingface_hub reads it once, when first imported)."""
-    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
 @contextmanager

@@ -21,7 +21,8 @@ from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, Rev
 from huggingface_hub.hf_api import RepoFile
 
 from ..errors import ConflictError, InputError
-from .hub_folder import hub_api, hub_errors
+from .hub import hub_api
+from .hub_folder import hub_errors
 from .urls import parse_hub_url
 
 
