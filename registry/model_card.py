@@ -20,7 +20,7 @@ from .banks import Bank
 from .checkpoints import MODEL_CARD
 from .digest import short
 from .errors import WeightbankError
-from .naming import plural
+from .naming import plural, with_article
 from .provenance import build_lineage, render_mermaid
 from .store import Store
 
@@ -49,12 +49,12 @@ def model_card(store: Store, bank: Bank, ref: str, repo_id: str | None = None) -
     title = repo_id or ref
     sections = [
         f"# {title}",
-        f"A {bank.type} bank published by weightbank from `{ref}` (`{short(bank.digest)}`): "
+        f"{with_article(bank.type).capitalize()} bank published by weightbank from `{ref}` (`{short(bank.digest)}`): "
         f"{plural(len(bank.tensors), 'tensor')}, {plural(bank.parameters, 'parameter')}"
         + (f", adapted from [{base_model}](https://huggingface.co/{base_model})" if base_model else "")
         + ". `weightbank.json` beside this card is the bank's manifest (MES v1); `weightbank ingest` of this repo "
         "recognises it.",
-        _usage(bank, repo_id, causal),
+        _usage(bank, repo_id, causal, base_model),
     ]
     if composition is not None:
         sections += ["## Composition", "```yaml\n" + yaml.safe_dump(composition[1], sort_keys=False).rstrip() + "\n```"]
@@ -118,10 +118,15 @@ def _own_card_data(store: Store, bank: Bank) -> dict[str, Any]:
         return {}
 
 
-def _usage(bank: Bank, repo_id: str | None, causal: bool) -> str:
+def _usage(bank: Bank, repo_id: str | None, causal: bool, base_model: str | None) -> str:
     where = f'"{repo_id or "PATH"}"'
     if bank.type == "adapter":
-        package, loader = "peft", "AutoPeftModelForCausalLM"
+        base = base_model or (bank.peft_config or {}).get("base_model_name_or_path") or "BASE_MODEL"
+        code = (
+            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")\nmodel = PeftModel.from_pretrained(base, {where})'
+        )
     else:
-        package, loader = "transformers", "AutoModelForCausalLM" if causal else "AutoModel"
-    return f"```python\nfrom {package} import {loader}\n\nmodel = {loader}.from_pretrained({where})\n```"
+        loader = "AutoModelForCausalLM" if causal else "AutoModel"
+        code = f"from transformers import {loader}\n\nmodel = {loader}.from_pretrained({where})"
+    return f"```python\n{code}\n```"
