@@ -149,12 +149,18 @@ class LocalSource:
 
     def tensors(self, weight: WeightFile) -> TensorData:
         """Each tensor as a byte range of the open file, in file order."""
-        with self.open(weight.rel) as stream:
-            for name, entry in sorted(weight.header.tensors.items(), key=lambda item: item[1].begin):
-                yield name, entry, FileRange(stream.fileno(), weight.header.data_start + entry.begin, entry.nbytes)
+        yield from tensor_ranges(regular_file(self.root / weight.rel, self.root), weight.header)
 
     def provenance(self) -> dict[str, Any]:
         return {"source": self.name}
+
+
+def tensor_ranges(path: Path, header: SafetensorsHeader) -> Iterator[tuple[str, TensorEntry, FileRange]]:
+    """Each tensor of a local safetensors file (whose header was read) as a byte range of the
+    open file, in file order."""
+    with open(path, "rb") as stream:
+        for name, entry in sorted(header.tensors.items(), key=lambda item: item[1].begin):
+            yield name, entry, FileRange(stream.fileno(), header.data_start + entry.begin, entry.nbytes)
 
 
 def _size(path: Path) -> int:
