@@ -18,6 +18,7 @@ from .lineage_output import LINEAGE_FORMATS
 from .merge_commands import import_mergekit
 from .output import human_bytes, print_json, print_table
 from .prism_commands import prism
+from .publish_options import publish_options
 from .remote_commands import pull, push, remote
 from .scaffold_commands import scaffold
 from .signing_commands import sign, signature_lines, signed_by, trust, trust_options
@@ -39,7 +40,7 @@ def cli(ctx: click.Context, store: str | None, quiet: bool) -> None:
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("folder", metavar="FOLDER|URL")
 @click.option("--name", help="Ref name to record the bank under (next version).")
 @click.option("--base", metavar="REF", help="Adapters: the base bank the adapter was trained on.")
 @click.option("-m", "--message", default="", help="A note for the log.")
@@ -56,7 +57,7 @@ def cli(ctx: click.Context, store: str | None, quiet: bool) -> None:
 @click.pass_context
 def ingest(
     ctx: click.Context,
-    folder: Path,
+    folder: str,
     name: str | None,
     base: str | None,
     message: str,
@@ -66,7 +67,8 @@ def ingest(
     as_json: bool,
     policy: Any,
 ) -> None:
-    """Ingest a Hugging Face model folder or a PEFT adapter folder (auto-detected).
+    """Ingest a Hugging Face model folder or a PEFT adapter folder (auto-detected): a local folder,
+    hf://ORG/REPO[@REVISION][/PATH], s3://BUCKET/PREFIX or another fsspec URL.
     With --require-signed, the folder's model.sig (OpenSSF model-signing) must be signed by a trusted key."""
     if expansion is not None:
         if policy is not None:
@@ -99,7 +101,7 @@ def ingest(
 
 
 def _ingest_trained(
-    ctx: click.Context, folder: Path, expansion: str, name: str | None, message: str, as_json: bool
+    ctx: click.Context, folder: str, expansion: str, name: str | None, message: str, as_json: bool
 ) -> None:
     from weightbank.composer.expansion import ingest_trained
     from weightbank.registry.errors import InputError
@@ -121,7 +123,7 @@ def _ingest_trained(
 
 @cli.command()
 @click.argument("ref")
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", metavar="OUT_DIR|URL")
 @click.option(
     "--max-shard-size",
     help="Shard base models above this size [default: the source checkpoint's own shards where the bank "
@@ -131,27 +133,33 @@ def _ingest_trained(
     "--sign", "sign_key", metavar="KEY.pem", type=click.Path(path_type=Path),
     help="Also write model.sig, the folder's OpenSSF model-signing signature (ECDSA P-256 private key).",
 )  # fmt: skip
+@publish_options
 @trust_options
 @json_option
 @click.pass_context
 def export(
-    ctx: click.Context, ref: str, out_dir: Path, max_shard_size: str | None, sign_key: Path | None, as_json: bool,
-    policy: Any,
+    ctx: click.Context, ref: str, out_dir: str, max_shard_size: str | None, sign_key: Path | None, as_json: bool,
+    policy: Any, **publish: Any,
 ) -> None:  # fmt: skip
-    """Write a base or adapter bank as a folder from_pretrained loads."""
+    """Write a base or adapter bank as a folder from_pretrained loads: a local folder, or published
+    with a model card to hf://ORG/REPO (one commit) or s3://BUCKET/PREFIX."""
     from weightbank.registry.keys import short_key_id
     from weightbank.registry.naming import plural
+    from weightbank.registry.publish import PublishResult
 
-    result = registry(ctx).export(ref, out_dir, max_shard_size=max_shard_size, sign_key=sign_key, policy=policy)
+    result = registry(ctx).export(
+        ref, out_dir, max_shard_size=max_shard_size, sign_key=sign_key, policy=policy, **publish
+    )
     if as_json:
         print_json(result)
         return
     weights = plural(len(result.weight_files), "weight file")
-    signed = f"; model.sig signed by {short_key_id(result.signed_by)}" if result.signed_by else ""
-    click.echo(
-        f"exported {result.bank_type} bank {ref} to {result.out_dir} "
-        f"({weights}, {plural(result.files, 'other file')}, {human_bytes(result.bytes)}){signed}"
-    )
+    if isinstance(result, PublishResult):
+        where, signed = f"published {result.bank_type} bank {ref} to {result.url}", ""
+    else:
+        where = f"exported {result.bank_type} bank {ref} to {result.out_dir}"
+        signed = f"; model.sig signed by {short_key_id(result.signed_by)}" if result.signed_by else ""
+    click.echo(f"{where} ({weights}, {plural(result.files, 'other file')}, {human_bytes(result.bytes)}){signed}")
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from typing import Any
 
 from weightbank.registry.banks import Parent, TensorRecord, new_bank_manifest
 from weightbank.registry.errors import InputError
-from weightbank.registry.ingest import scan_folder, tensor_ranges
+from weightbank.registry.ingest import scan_folder
 from weightbank.registry.manifests import canonical_json
 from weightbank.registry.names import check_ref_name
 from weightbank.registry.naming import with_article
@@ -84,7 +84,7 @@ def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str 
     created = 0
     with store.backend.batch():
         for weight in scan.weights:
-            for tensor, entry, data in tensor_ranges(weight):
+            for tensor, entry, data in scan.source.tensors(weight):
                 trained = tensor_object_digest(entry.dtype, entry.shape, data)
                 if trained == _recipe_digest(executor, plan.targets[tensor], entry.dtype):
                     continue
@@ -96,7 +96,7 @@ def ingest_trained(store: Store, folder: str | Path, name: str, *, message: str 
         tensors=records,
         files={},
         parents=[Parent(base.digest, "base"), Parent(current.digest, "recipe")],
-        activity=new_activity("ingest", {"source": Path(folder).resolve().name, "as_version_of": name}, message),
+        activity=new_activity("ingest", {**scan.source.provenance(), "as_version_of": name}, message),
         recipe={"steps": recipe},
         config=scan.config,
     )

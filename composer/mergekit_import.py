@@ -71,7 +71,7 @@ def import_mergekit(
     config = mergekit_config.parse(document, origin)
     found, refs = _resolve_models(config, store)
     if found and not folders:
-        names = ", ".join(str(scan.folder) for _, scan in found.values())
+        names = ", ".join(scan.source.label for _, scan in found.values())
         raise InputError(f"{origin}: {names}: a folder is not a signed bank; ingest, sign and name it by its ref")
     _check_tokenizers(config, refs, found, store)
     composition = mergekit_config.to_composition(config, lambda m: refs[m], origin)
@@ -79,13 +79,14 @@ def import_mergekit(
         return Imported(composition)
     preview = make_plan(_WithFolders(store, {name: _folder_bank(scan) for name, scan in found.values()}), composition)
     if not ingest:
-        pending = [(str(scan.folder), name) for name, scan in found.values()]
+        pending = [(scan.source.label, name) for name, scan in found.values()]
         return Imported(composition, pending=pending, preview=preview)
     ingested: dict[str, tuple[str, str, bool]] = {}
     for model, (name, scan) in found.items():
         if name not in ingested:
-            result = ingest_folder(store, scan.folder, name, message=f"input of {origin}", show_progress=show_progress)
-            ingested[name] = (str(scan.folder), f"{result.name}@v{result.version}", not result.unchanged)
+            folder = scan.source.label
+            result = ingest_folder(store, folder, name, message=f"input of {origin}", show_progress=show_progress)
+            ingested[name] = (folder, f"{result.name}@v{result.version}", not result.unchanged)
         refs[model] = ingested[name][1]
     composition = mergekit_config.to_composition(config, lambda m: refs[m], origin)
     return Imported(composition, list(ingested.values()), preview=preview)
@@ -139,13 +140,13 @@ def _name_for(folder: Path, taken: set[str]) -> str:
 def _folder_bank(scan: FolderScan) -> Bank:
     """A stand-in bank for a folder not ingested yet: its config, tensor names, dtypes and shapes,
     with placeholder digests (the plan made with it is only checked, never executed)."""
-    where = f"{PENDING}{scan.folder}"
+    where = f"{PENDING}{scan.source.label}"
     tensors = {
         name: {"digest": f"{where}:{name}", "dtype": entry.dtype, "shape": list(entry.shape), "bytes": entry.nbytes}
         for weight in scan.weights
         for name, entry in weight.header.tensors.items()
     }
-    files = {rel: {"digest": digest_bytes(p.read_bytes()), "bytes": p.stat().st_size} for rel, p in scan.files.items()}
+    files = {rel: {"digest": digest_bytes(scan.source.read(rel)), "bytes": f.size} for rel, f in scan.files.items()}
     document = {
         "kind": "bank",
         "type": "base",
@@ -186,7 +187,7 @@ def _check_tokenizers(
     def vocabulary(model: str) -> dict[str, str]:
         if model in folders:
             scan = folders[model][1]
-            return {n: digest_bytes(p.read_bytes()) for n, p in scan.files.items() if n in VOCABULARY_FILES}
+            return {n: digest_bytes(scan.source.read(n)) for n in scan.files if n in VOCABULARY_FILES}
         return {n: r.digest for n, r in store.bank(refs[model]).files.items() if n in VOCABULARY_FILES}
 
     expected = vocabulary(mergekit_config.base_string(config))

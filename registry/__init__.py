@@ -1,9 +1,9 @@
 """The weight-bank registry: content-addressed objects, MES v1 manifests, versioned refs.
 
 Start with `Registry`; the modules below it each hold one concept
-(`objects`, `manifests`, `refs`, `provenance`, `ingest`, `export`, `audit`, `gc`, the
-`remotes` package for push and pull, and `keys`, `signatures`, `trust`, `signing` and
-`folder_signing` for signed banks).
+(`objects`, `manifests`, `refs`, `provenance`, `ingest` and its `sources`, `export`, `publish`,
+`audit`, `gc`, the `remotes` package for push and pull and for folders on the Hub and S3, and
+`keys`, `signatures`, `trust`, `signing` and `folder_signing` for signed banks).
 """
 
 from .audit import CheckReport, Problem
@@ -22,6 +22,7 @@ from .export import ExportResult
 from .gc import GcReport
 from .ingest import IngestResult
 from .provenance import Lineage
+from .publish import PublishResult
 from .refs import RefEntry
 from .registry import Registry, RollbackResult
 from .remotes import Remote, TransferResult
@@ -44,6 +45,7 @@ __all__ = [
     "NotFoundError",
     "Parent",
     "Problem",
+    "PublishResult",
     "RefEntry",
     "Registry",
     "Remote",

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 Chunk = bytes | bytearray | memoryview | FileRange
 Chunks = Iterable[Chunk]
 TEMP_DIR = "tmp"  # a local store's temporary files, all in one folder
-__all__ = ["TEMP_DIR", "TEMP_PREFIX", "Backend", "Chunk", "Chunks", "FsspecBackend", "LocalBackend", "open_backend"]
+__all__ = [
+    "TEMP_DIR", "TEMP_PREFIX", "Backend", "Chunk", "Chunks", "FsspecBackend", "LocalBackend", "open_backend",
+    "url_to_filesystem",
+]  # fmt: skip
 
 
 class Backend(Protocol):
@@ -426,18 +429,24 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def url_to_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of a URL and the path in it, listings never cached (object stores'
+    filesystems remember listings for their whole life: another process may have written since)."""
+    import fsspec  # only stores and folders given by URL need it
+
+    protocol = url.partition("://")[0]
+    options = {"use_listings_cache": False} if protocol in FsspecBackend._ATOMIC_PUT_PROTOCOLS else {}
+    return fsspec.core.url_to_fs(url, **options)
+
+
 def open_backend(url: str | Path) -> Backend:
     """The backend for a store URL or path: local folders get `LocalBackend`."""
     text = str(url)
     if not _URL.match(text):
         return LocalBackend(text)
-    import fsspec  # only stores given by URL need it
     from fsspec.implementations.local import LocalFileSystem
 
-    protocol = text.partition("://")[0]
-    # s3fs remembers listings for the life of the filesystem: never trust them here.
-    options = {"use_listings_cache": False} if protocol in FsspecBackend._ATOMIC_PUT_PROTOCOLS else {}
-    fs, root = fsspec.core.url_to_fs(text, **options)
+    fs, root = url_to_filesystem(text)
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(root)
     return FsspecBackend(fs, root, text)

@@ -23,6 +23,8 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CARD = "README.md"
+BANK_MANIFEST = "weightbank.json"  # a published bank's manifest, beside its model card
 # save_pretrained's default in transformers 5, if the installed transformers cannot be read.
 SAVE_PRETRAINED_MAX_SHARD_SIZE = "50GB"
 DEFAULT_METADATA = {"format": "pt"}
@@ -112,15 +114,23 @@ def recorded_layout(metadata: Mapping[str, object] | None, names: Collection[str
     return {filename: list(tensors) for filename, tensors in shards.items()}
 
 
-def write_index(folder: Path, shards: Mapping[str, list[str]], total_size: int, parameters: int) -> str | None:
-    """Write model.safetensors.index.json when there is more than one shard; its name, or None."""
+def index_bytes(shards: Mapping[str, list[str]], total_size: int, parameters: int) -> bytes | None:
+    """model.safetensors.index.json for more than one shard (None for one), as save_pretrained writes it."""
     if len(shards) < 2:
         return None
     index = {
         "metadata": {"total_parameters": parameters, "total_size": total_size},
         "weight_map": {name: filename for filename, names in shards.items() for name in names},
     }
-    (folder / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_index(folder: Path, shards: Mapping[str, list[str]], total_size: int, parameters: int) -> str | None:
+    """Write model.safetensors.index.json when there is more than one shard; its name, or None."""
+    index = index_bytes(shards, total_size, parameters)
+    if index is None:
+        return None
+    (folder / WEIGHTS_INDEX).write_bytes(index)
     return WEIGHTS_INDEX
 
 

@@ -68,13 +68,7 @@ def export_bank(
     save_pretrained would write it (its default shard size, safetensors' layout). `sign_key`
     (an ECDSA P-256 PEM): also sign the folder into `model.sig`; `policy`: refuse a bank it
     does not accept."""
-    bank = store.bank(ref)
-    if bank.type not in ("base", "adapter"):
-        raise InputError(
-            f"{ref} is {with_article(bank.type)} bank; export writes base and adapter banks (compose the others)"
-        )
-    if policy is not None:
-        require_signed(store, [bank.digest], policy, f"export of {ref}")
+    bank = exportable_bank(store, ref, policy)
     key = load_signing_key(sign_key) if sign_key is not None else None
     if key is not None:
         check_folder_key(key)
@@ -90,6 +84,19 @@ def export_bank(
     return ExportResult(out, bank.type, weight_files, len(bank.files), total, key.public.key_id if key else None)
 
 
+def exportable_bank(store: Store, ref: str, policy: TrustPolicy | None = None) -> Bank:
+    """The bank `ref` names, if it is one export writes (a base or an adapter) and `policy`
+    (if any) accepts its signatures."""
+    bank = store.bank(ref)
+    if bank.type not in ("base", "adapter"):
+        raise InputError(
+            f"{ref} is {with_article(bank.type)} bank; export writes base and adapter banks (compose the others)"
+        )
+    if policy is not None:
+        require_signed(store, [bank.digest], policy, f"export of {ref}")
+    return bank
+
+
 def write_files(store: Store, files: Mapping[str, FileRecord], folder: Path, advance: Advance) -> None:
     """Write file objects under `folder` at their relative paths, byte for byte."""
     for rel, record in files.items():
@@ -103,19 +110,29 @@ def write_weights(
     store: Store, bank: Bank, folder: Path, max_shard_size: int | str | None = None, advance: Advance = lambda _n: None
 ) -> list[str]:
     """Write the bank's tensors as safetensors into `folder`; return the file names."""
-    records = bank.tensors
-    metadata = bank.document.get("safetensors_metadata") or DEFAULT_METADATA
-    recorded = recorded_layout(bank.document.get("metadata"), records) if max_shard_size is None else None
-    if recorded is not None:
-        shards = recorded
-    elif bank.type == "adapter":
-        shards = {ADAPTER_WEIGHTS: in_file_order({name: record.dtype for name, record in records.items()})}
-    else:
-        shards = plan_shards({name: (r.dtype, r.bytes) for name, r in records.items()}, max_shard_size)
+    records, metadata = bank.tensors, shard_metadata(bank)
+    shards = weight_shards(bank, max_shard_size)
     for filename, names in shards.items():
         write_safetensors(store, {n: records[n] for n in names}, folder / filename, metadata, advance)
     index = write_index(folder, shards, sum(r.bytes for r in records.values()), bank.parameters)
     return [*shards, *([index] if index else [])]
+
+
+def weight_shards(bank: Bank, max_shard_size: int | str | None = None) -> dict[str, list[str]]:
+    """Weight file name → its tensors in file order: without `max_shard_size`, the source
+    checkpoint's own files where the bank came from one; else as save_pretrained shards."""
+    records = bank.tensors
+    recorded = recorded_layout(bank.document.get("metadata"), records) if max_shard_size is None else None
+    if recorded is not None:
+        return recorded
+    if bank.type == "adapter":
+        return {ADAPTER_WEIGHTS: in_file_order({name: record.dtype for name, record in records.items()})}
+    return plan_shards({name: (r.dtype, r.bytes) for name, r in records.items()}, max_shard_size)
+
+
+def shard_metadata(bank: Bank) -> dict[str, str]:
+    """The `__metadata__` of the bank's weight files: the source's, else `{"format": "pt"}`."""
+    return bank.document.get("safetensors_metadata") or DEFAULT_METADATA
 
 
 def write_safetensors(

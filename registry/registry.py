@@ -16,6 +16,7 @@ from .ingest import IngestResult, ingest_folder
 from .names import check_ref_name
 from .naming import close_names
 from .provenance import Lineage, build_lineage
+from .publish import PublishResult, publish_bank
 from .refs import RefEntry, parse_ref
 from .remotes import DEFAULT_JOBS, Remote, TransferResult, config, transfer
 from .remotes.urls import open_remote
@@ -65,12 +66,17 @@ class Registry:
         force_type: bool = False,
         policy: TrustPolicy | None = None,
     ) -> IngestResult:
-        """Ingest a Hugging Face model folder, or a PEFT adapter folder (`base` required), as `name`.
+        """Ingest a Hugging Face model folder, or a PEFT adapter folder (`base` required), as `name`:
+        a local folder, or a URL — `hf://ORG/REPO[@REVISION][/PATH]`, `s3://BUCKET/PREFIX`, any
+        fsspec URL — read by range reads, never copied to local disk first.
 
         Unchanged weight files seen before are not re-read; `rehash=True` reads them anyway. A new
         version keeps the bank type `name` holds unless `force_type` (a typo cannot turn a base
         into an adapter). `policy` (see `trust_policy`): the folder's OpenSSF `model.sig` must be
-        signed by a trusted key; the signer is recorded in provenance.
+        signed by a trusted key (local folders); the signer is recorded in provenance.
+
+        Example:
+            >>> reg.ingest("hf://meta-llama/Llama-3.2-1B", "llama-1b")  # doctest: +SKIP
         """
         return ingest_folder(
             self.store, folder, name, base=base, message=message, show_progress=self.progress, rehash=rehash,
@@ -80,20 +86,43 @@ class Registry:
     def export(
         self,
         ref: str,
-        out_dir: str | Path,
+        out: str | Path,
         *,
         max_shard_size: int | str | None = None,
         sign_key: str | Path | None = None,
         policy: TrustPolicy | None = None,
-    ) -> ExportResult:
+        revision: str | None = None,
+        private: bool = False,
+        create: bool = False,
+        message: str = "",
+    ) -> ExportResult | PublishResult:
         """Write a base or adapter bank as a folder `from_pretrained` loads: in the source
         checkpoint's own shards where it came from one, else as save_pretrained would shard it
         (unless `max_shard_size` is given). `sign_key` (ECDSA P-256 PEM): also write `model.sig`,
         the OpenSSF model-signing signature of the folder; `policy`: refuse a bank that is not
-        signed by a trusted key."""
+        signed by a trusted key.
+
+        `out` is a local folder, or a URL the bank is published to with a model card and its
+        manifest: `hf://ORG/REPO` (one commit on branch `revision`, default main; `create` the
+        repo if missing, `private` to insist it is private; `message` for the commit) or
+        `s3://BUCKET/PREFIX` (an empty prefix).
+
+        Example:
+            >>> reg.export("merged@v2", "hf://my-org/merged", create=True, private=True)  # doctest: +SKIP
+        """
+        text = str(out)
+        if "://" in text and not text.startswith("file://"):
+            if sign_key is not None:
+                raise InputError(f"{text}: --sign writes model.sig into a local folder; export there, or push the bank")
+            return publish_bank(
+                self.store, ref, text, revision=revision, private=private, create=create, policy=policy,
+                max_shard_size=max_shard_size, message=message, show_progress=self.progress,
+            )  # fmt: skip
+        if revision is not None or private or create:
+            raise InputError(f"{out}: --revision, --private and --create apply to hf:// exports")
         return export_bank(
-            self.store, ref, out_dir, max_shard_size=max_shard_size, show_progress=self.progress,
-            sign_key=Path(sign_key) if sign_key is not None else None, policy=policy,
+            self.store, ref, Path(text.removeprefix("file://")), max_shard_size=max_shard_size,
+            show_progress=self.progress, sign_key=Path(sign_key) if sign_key is not None else None, policy=policy,
         )  # fmt: skip
 
     def resolve(self, ref: str) -> str:

@@ -19,7 +19,7 @@ from .banks import Bank, Parent, TensorRecord, new_bank_manifest
 from .checkpoints import ADAPTER_CONFIG
 from .errors import InputError
 from .file_range import FileRange
-from .ingest import WeightFile, record_bank, scan_folder, tensor_ranges
+from .ingest import record_bank, scan_folder
 from .json_input import parse_json_object
 from .names import check_ref_name
 from .naming import with_article
@@ -35,6 +35,7 @@ from .scaffolds import (
     normalise_options,
     seed_layout,
 )
+from .sources import tensor_ranges
 from .store import Store
 
 SCAFFOLD_CONFIG = "scaffold.json"
@@ -87,7 +88,7 @@ class SeedTensors:
         bank_name = {file_name: name for name, file_name in self.names.items()}
         found: Iterator[tuple[str, TensorEntry, memoryview | FileRange]]
         if self.path is not None:
-            found = tensor_ranges(WeightFile(self.path, self.header))
+            found = tensor_ranges(self.path, self.header)
         else:
             assert self.blob is not None
             view = memoryview(self.blob)
@@ -277,7 +278,7 @@ def _from_peft(root: Path, host: Bank, host_ref: str) -> tuple[dict[str, Any], S
         rank, lora_alpha = module_rank_and_alpha(config, module)
         rslora = bool(config.get("use_rslora"))
         seeds[module] = {"kind": "lora", "r": rank, "lora_alpha": lora_alpha, "use_rslora": rslora}
-    return seeds, SeedTensors(header, names, path=scan.weights[0].path)
+    return seeds, SeedTensors(header, names, path=scan.weights[0].file.path)
 
 
 def _store_scaffold(

@@ -40,6 +40,8 @@ class Bad:
         object.__setattr__(self, "store", store)
 
 
+UNREACHABLE_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on the discard port
+
 # The populated store holds: base `m` (a tiny Llama), adapter `lo` on it, expansion `x` of it.
 BAD_INPUT: dict[str, list[Bad]] = {
     "ingest": [
@@ -47,8 +49,22 @@ BAD_INPUT: dict[str, list[Bad]] = {
         Bad("ingest", "{folder}", "--name", "../up"),
         Bad("ingest", "{folder}", "--name", "m2", "--base", "m"),
         Bad("ingest", "{folder}"),
+        Bad("ingest", "hf://team", "--name", "x"),
+        Bad("ingest", "nosuch://bucket/model", "--name", "x"),
+        Bad("ingest", "hf://team/model@main", "--name", "x", env=UNREACHABLE_HUB),
     ],
-    "export": [Bad("export", "ghost", "{out}"), Bad("export", "x", "{out}"), Bad("export", "m", "{file}")],
+    "export": [
+        Bad("export", "ghost", "{out}"),
+        Bad("export", "x", "{out}"),
+        Bad("export", "m", "{file}"),
+        Bad("export", "m", "hf://team"),
+        Bad("export", "m", "hf://datasets/team/m"),
+        Bad("export", "m", "{out}", "--revision", "dev"),
+        Bad("export", "m", "{out}", "--create"),
+        Bad("export", "x", "hf://team/m", "--create", "--private", env=UNREACHABLE_HUB),
+        Bad("export", "m", "hf://team/m", "--revision", "dev", "-m", "note", env=UNREACHABLE_HUB),
+        Bad("export", "m", "nosuch://bucket/m"),
+    ],
     "show": [Bad("show", "ghost"), Bad("show", "m@v9"), Bad("show", "blake3:zz"), Bad("show", "m", store="missing")],
     "log": [Bad("log", "ghost"), Bad("log", "m", "-n", "-1"), Bad("log", "m", store="missing")],
     "refs": [Bad("refs", "extra"), Bad("refs", store="missing")],

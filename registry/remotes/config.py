@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import InputError, NotFoundError
 from ..json_input import parse_json_object
-from ..names import check_ref_name
+from ..names import check_ref_name, looks_like_path
 from ..store import Store
 from .urls import normalize
 
@@ -70,8 +70,8 @@ def remove(store: Store, name: str) -> Remote:
 
 
 def find(store: Store, name_or_url: str) -> Remote:
-    """A remote by name, or an unnamed one for a URL given instead of a name."""
-    if "://" in name_or_url:
+    """A remote by name, or an unnamed one for a URL (or a folder's path) given instead of a name."""
+    if "://" in name_or_url or looks_like_path(name_or_url):
         return Remote("", normalize(name_or_url))
     remote = load(store).get(name_or_url)
     if remote is None:

@@ -54,12 +54,16 @@ FIRST_WAIT_SECONDS = 0.5
 Operation = CommitOperationAdd | CommitOperationDelete
 
 
+def hub_api() -> HfApi:
+    """An HfApi on `HF_ENDPOINT` as it is now (huggingface_hub reads it once, when first imported)."""
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
 class HubBackend:
     """The store in one Hub repo (`repo_type` "model" or "dataset"), on its main branch."""
 
     def __init__(self, repo_id: str, repo_type: str = "model", api: HfApi | None = None) -> None:
-        # HF_ENDPOINT is read now: huggingface_hub reads it once, when first imported.
-        self.api = api or HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+        self.api = api or hub_api()
         self.repo_id = repo_id
         self.repo_type = repo_type
         self.revision = "main"
@@ -260,7 +264,7 @@ class HubBackend:
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else 0
                 if status != 412 and status != 429 and status < 500:
-                    raise _one_line(self.url, exc) from None
+                    raise hub_error_line(self.url, exc) from None
                 failure = exc
                 if status == 412:
                     continue  # someone committed since `head`: check again on top of theirs
@@ -283,12 +287,13 @@ class HubBackend:
                 "(log in with `hf auth login` or set HF_TOKEN)"
             ) from None
         except HfHubHTTPError as exc:
-            raise _one_line(self.url, exc) from None
+            raise hub_error_line(self.url, exc) from None
         except httpx2.TransportError as exc:
             raise RemoteError(f"{self.url}: {type(exc).__name__}: {exc}") from None
 
 
-def _one_line(url: str, exc: HfHubHTTPError) -> RemoteError:
+def hub_error_line(url: str, exc: HfHubHTTPError) -> RemoteError:
+    """A Hub HTTP error as one line: the status and what the Hub said."""
     status = exc.response.status_code if exc.response is not None else "?"
     detail = exc.server_message or str(exc)
     return RemoteError(f"{url}: the Hub answered {status}: {' '.join(detail.split())}")

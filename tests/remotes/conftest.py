@@ -75,6 +75,21 @@ def hub() -> Iterator[HubDouble]:
     double.stop()
 
 
+@pytest.fixture
+def hub_loaders(hub: HubDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubDouble:
+    """The double for loaders in this process (transformers' and PEFT's `from_pretrained`,
+    `ModelCard.load`): huggingface_hub read HF_ENDPOINT and its cache folder when first imported,
+    so both are set where it keeps them (a fresh cache per test)."""
+    import huggingface_hub.constants as constants
+    import huggingface_hub.hf_api
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.url)  # behind `huggingface_hub.file_exists` & co
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return hub
+
+
 @dataclass
 class RemoteUnderTest:
     """A fresh, empty remote: its URL, and what it holds seen from the storage itself."""

@@ -27,6 +27,14 @@ def test_remote_add_ls_rm(tmp_path: Path, wb: Cli) -> None:
     assert json.loads((wb.store / "remotes.json").read_text())["remotes"]["hub"]["url"] == "hf://datasets/org/banks"
 
 
+def test_a_plain_path_is_a_folder_remote(tmp_path: Path, wb: Cli, tiny_folders) -> None:
+    wb("ingest", tiny_folders("llama"), "--name", "m")
+    added = json.loads(wb("remote", "add", "shared", str(tmp_path / "sub" / ".." / "shared"), "--json").stdout)
+    assert added["url"] == f"file://{tmp_path / 'shared'}"
+    pushed = json.loads(wb("push", str(tmp_path / "elsewhere"), "m", "--json").stdout)
+    assert pushed["refs"] == ["m@v1"] and (tmp_path / "elsewhere" / "refs" / "m").is_dir()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
