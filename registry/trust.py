@@ -16,7 +16,6 @@ signed manifest ≠ this manifest (a signature moved onto another manifest).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any
 
 from .digest import is_digest, short
 from .errors import InputError, NotFoundError, SignatureError, WeightbankError
-from .json_input import parse_json_object
 from .keys import PublicKey, load_public_key, public_key_from_pem, short_key_id
 from .names import check_ref_name
 from .provenance import current_agent, parents_of, utc_now
+from .settings import read_settings, write_settings
 from .signatures import BAD, OTHER_MANIFEST, VALID, SignatureCheck
 from .store import Store
 
@@ -51,11 +50,9 @@ class TrustedKey:
 def load(store: Store) -> dict[str, TrustedKey]:
     """The store's trust list, by name (InputError if `trust.json` is damaged)."""
     where = f"{store.url}/{TRUST_FILE}"
-    try:
-        raw = store.backend.read_bytes(TRUST_FILE)
-    except FileNotFoundError:
+    document = read_settings(store, TRUST_FILE, "the trust list")
+    if document is None:
         return {}
-    document = parse_json_object(raw, where, "the trust list")
     keys: dict[str, TrustedKey] = {}
     try:
         for name, entry in document["keys"].items():
@@ -77,7 +74,7 @@ def _save(store: Store, keys: dict[str, TrustedKey]) -> None:
             for name, k in sorted(keys.items())
         }
     }
-    store.backend.write_atomic(TRUST_FILE, [json.dumps(document, indent=2).encode() + b"\n"])
+    write_settings(store, TRUST_FILE, document)
 
 
 def add(store: Store, name: str, public_key: Path) -> TrustedKey:

@@ -8,12 +8,11 @@ something reads them (see `lazy`). Nothing here caches what a remote holds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 
 from ..errors import InputError, NotFoundError
-from ..json_input import parse_json_object
 from ..names import check_ref_name, looks_like_path
+from ..settings import read_settings, write_settings
 from ..store import Store
 from .urls import normalize
 
@@ -31,11 +30,9 @@ class Remote:
 
 def load(store: Store) -> dict[str, Remote]:
     """Every remote the store knows, by name."""
-    try:
-        raw = store.backend.read_bytes(REMOTES_FILE)
-    except FileNotFoundError:
+    document = read_settings(store, REMOTES_FILE, "the remotes file")
+    if document is None:
         return {}
-    document = parse_json_object(raw, f"{store.url}/{REMOTES_FILE}", "the remotes file")
     try:
         entries = document["remotes"].items()
         return {name: Remote(name, entry["url"], bool(entry.get("lazy"))) for name, entry in entries}
@@ -45,7 +42,7 @@ def load(store: Store) -> dict[str, Remote]:
 
 def _save(store: Store, remotes: dict[str, Remote]) -> None:
     document = {"remotes": {name: {"url": r.url, "lazy": r.lazy} for name, r in sorted(remotes.items())}}
-    store.backend.write_atomic(REMOTES_FILE, [json.dumps(document, indent=2).encode() + b"\n"])
+    write_settings(store, REMOTES_FILE, document)
 
 
 def add(store: Store, name: str, url: str) -> Remote:
