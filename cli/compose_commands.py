@@ -28,6 +28,11 @@ from .signing_commands import trust_options
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no tensor.")
 @click.option("--max-shard-size", help="Shard size for --out [default: save_pretrained's, 50GB in transformers 5].")
 @click.option("-m", "--message", default="", help="A note for the log (with --name).")
+@click.option(
+    "--exact-peft",
+    is_flag=True,
+    help="LoRA merges follow PEFT's arithmetic bit for bit (about 1.5x slower; power-of-two scales match anyway).",
+)
 @trust_options
 @json_option
 @click.pass_context
@@ -41,6 +46,7 @@ def compose(
     dry_run: bool,
     max_shard_size: str | None,
     message: str,
+    exact_peft: bool,
     as_json: bool,
     policy: Any,
 ) -> None:
@@ -76,7 +82,7 @@ def compose(
     if device is None:
         result = write_composition(
             store, the_plan, out_dir=out_dir, name=name, message=message, max_shard_size=max_shard_size,
-            show_progress=reg.progress,
+            show_progress=reg.progress, exact_peft=exact_peft,
         )  # fmt: skip
         if as_json:
             print_json(result)
@@ -86,7 +92,7 @@ def compose(
             where.append(f"registered {result.name}@v{result.version} {short(result.digest)}")
         click.echo(f"{' and '.join(where)} — {plural(result.tensors, 'tensor')}, {human_bytes(result.bytes)}")
         return
-    model = build_model(the_plan, Executor(store), device)
+    model = build_model(the_plan, Executor(store, exact_peft=exact_peft), device)
     seconds = time.perf_counter() - start
     if out_dir is not None:
         save_model(model, the_plan, store, out_dir)

@@ -48,10 +48,17 @@ def _warned_plan(store: Store, spec: Spec, dtype: str | None) -> Plan:
 
 
 def compose(
-    spec: Spec, *, device: str | torch.device = "cpu", dtype: str | None = None, store: str | Path | Store | None = None
+    spec: Spec,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | None = None,
+    store: str | Path | Store | None = None,
+    exact_peft: bool = False,
 ) -> tuple[PreTrainedModel, Any]:
     """Build the model a composition describes, tensor by tensor, on `device`
     (`cpu`, `cuda`, `cuda:N`, or `auto` to spread it with accelerate), in `dtype`.
+    `exact_peft`: LoRA merges follow PEFT's own arithmetic bit for bit, instead of one fused
+    pass that matches it bit for bit only for power-of-two scales (docs/composer.md).
 
     `spec` is a composition manifest (dict, or a JSON/YAML file) or a bank ref. Returns the
     model (in eval mode) and the base bank's tokenizer (None if it has none).
@@ -62,12 +69,14 @@ def compose(
     """
     resolved = _store(store)
     the_plan = _warned_plan(resolved, spec, dtype)
-    return build_planned(the_plan, resolved, device), load_tokenizer(resolved, the_plan)
+    return build_planned(the_plan, resolved, device, exact_peft), load_tokenizer(resolved, the_plan)
 
 
-def build_planned(the_plan: Plan, store: Store, device: str | torch.device = "cpu") -> PreTrainedModel:
+def build_planned(
+    the_plan: Plan, store: Store, device: str | torch.device = "cpu", exact_peft: bool = False
+) -> PreTrainedModel:
     """The model of an already validated plan, built on `device` (as `compose` does)."""
-    return build_model(the_plan, Executor(store, "cpu" if device == "auto" else device), device)
+    return build_model(the_plan, Executor(store, "cpu" if device == "auto" else device, exact_peft), device)
 
 
 def write(
@@ -80,14 +89,15 @@ def write(
     max_shard_size: int | str | None = None,
     store: str | Path | Store | None = None,
     show_progress: bool = False,
+    exact_peft: bool = False,
 ) -> ComposeResult:
     """Stream a composition to a from_pretrained folder (`out_dir`) and/or register it as
-    bank `name`, never holding the whole model in memory."""
+    bank `name`, never holding the whole model in memory. `exact_peft`: as for `compose`."""
     resolved = _store(store)
     the_plan = _warned_plan(resolved, spec, dtype)
     return write_composition(
         resolved, the_plan, out_dir=out_dir, name=name, message=message, max_shard_size=max_shard_size,
-        show_progress=show_progress,
+        show_progress=show_progress, exact_peft=exact_peft,
     )  # fmt: skip
 
 

@@ -1,28 +1,36 @@
 """Executing tasks: one target tensor at a time, on the device it will live on.
 
-Sources are read through `safe_open` (memory-mapped) after their object's digest has been
-verified; arithmetic runs in float32 on the target device; the result is cast to the
-target dtype. Within one target, an intermediate used twice is computed once and dropped
-after its last use; results that nobody else holds are updated in place, so a LoRA merge
-holds about two copies of the weight at its peak. A task an operator defines for itself
-computes itself: its `evaluate(inputs, executor)` gets its inputs in float32 (read-only).
+Sources are memory-mapped and verified from that mapping (`object_maps`), ahead of use on a
+helper thread (`prefetch`); arithmetic runs in float32 on the target device and is rounded
+once to the target dtype. A target that is a new tensor on the CPU is written straight into
+a buffer whose pages were faulted in ahead (`pages`), and the executor's own kernels — LoRA
+merges (`low_rank`), row and column selections, casts — run in row blocks spread over the
+cores (`row_blocks`). Within one target, an intermediate used twice is computed once and
+dropped after its last use; results that nobody else holds are updated in place. A task an
+operator defines for itself computes itself: its `evaluate(inputs, executor)` gets its inputs
+in float32 (read-only).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 
+from weightbank.registry.errors import NotFoundError
 from weightbank.registry.safetensors_format import CANONICAL_KEY
 from weightbank.registry.store import Store
 
 from .dtypes import to_torch
+from .lookahead import Lookahead
+from .low_rank import low_rank_update
+from .object_maps import map_verified
+from .pages import fresh_tensor
+from .row_blocks import for_row_blocks, one_intra_op_thread, rows_per_block
 from .tasks import (
     F32,
     Add,
@@ -44,54 +52,108 @@ from .tasks import (
     walk,
 )
 
-# Row blocks of a LoRA merge are sized to keep their float32 temporaries about this big.
-_BLOCK_BYTES = 8 << 20
+# At most this many bytes of objects mapped, and of fresh buffers made, ahead of their use.
+_MAPPED_AHEAD = 1 << 30
+_FRESH_AHEAD = 512 << 20
+ObjectKey = str
+BufferKey = tuple[tuple[int, ...], torch.dtype]
 
 
 class Executor:
-    """Computes targets from a store's objects."""
+    """Computes targets from a store's objects. `exact_peft`: LoRA merges follow PEFT's own
+    arithmetic, bit for bit, instead of one fused pass (see `low_rank`)."""
 
-    def __init__(self, store: Store, device: torch.device | str = "cpu") -> None:
+    def __init__(self, store: Store, device: torch.device | str = "cpu", exact_peft: bool = False) -> None:
         self.store = store
         self.device = torch.device(device)
-        self._verified: dict[str, Future[None]] = {}
-        self._verifier = ThreadPoolExecutor(1, "weightbank-verify")
+        self.exact_peft = exact_peft
         self.bytes_read = 0
+        self._mapped: Lookahead[ObjectKey, torch.Tensor] = Lookahead(self._map, _MAPPED_AHEAD, "weightbank-map")
+        self._fresh: Lookahead[BufferKey, torch.Tensor] = Lookahead(_fresh, _FRESH_AHEAD, "weightbank-pages")
         # Kept by operator-defined tasks for the whole run: values shared across targets and
         # the reports they collect (consolidate.prune's thresholds and per-tensor reports).
         self.notes: dict[str, Any] = {}
 
-    def prefetch(self, targets: Iterable[Target]) -> None:
-        """Verify the objects these targets read, in order, on a background thread, so that
-        hashing overlaps with computing and placing the tensors before them."""
+    def prefetch(self, targets: Iterable[Target], ahead: int | None = None, fresh: bool = True) -> None:
+        """Get ready what these targets will need, in the order they will be computed, on
+        helper threads: their objects mapped and verified, and (`fresh`, on the CPU) the
+        buffers of the new tensors with their pages faulted in — at most `ahead` bytes of
+        each not yet taken (default: 1 GiB of objects, 512 MiB of buffers; one value is
+        always allowed). Each target must then be computed once, in this order, for the
+        work to be used."""
+        if ahead is not None:
+            self._mapped.budget = self._fresh.budget = ahead
         objects = self.store.objects
         for target in targets:
             for task in walk(target.task):
-                if isinstance(task, Load) and task.digest not in self._verified and objects.local_path(task.digest):
-                    self._verified[task.digest] = self._verifier.submit(objects.verify, task.digest)
+                if isinstance(task, Load) and objects.local_path(task.digest):
+                    self._mapped.schedule(task.digest, task.nbytes)
+            if fresh and self.device.type == "cpu" and _fills_buffer(target):
+                self._fresh.schedule((target.shape, to_torch(target.dtype)), target.nbytes)
 
     def compute(self, target: Target, device: torch.device | str | None = None) -> torch.Tensor:
         """The target tensor, on `device` (default: the executor's), in the target dtype."""
         where = torch.device(device) if device is not None else self.device
         uses = Counter(child for task in walk(target.task) for child in task.inputs())
         dtype = to_torch(target.dtype)
-        value, _owned = _Evaluation(self, where, uses).run(target.task, dtype)
-        return value if value.dtype == dtype else value.to(dtype)
+        out = self._fresh.take((target.shape, dtype)) if where.type == "cpu" and _fills_buffer(target) else None
+        value, _owned = _Evaluation(self, where, uses).run(target.task, dtype, out)
+        if value.dtype == dtype:
+            return value
+        if out is None:
+            out = torch.empty(target.shape, dtype=dtype, device=where)
+        copy_rows(out, value)
+        return out
 
     def load(self, digest: str, device: torch.device) -> torch.Tensor:
-        """A stored tensor on `device`, its object verified once per executor."""
+        """A stored tensor on `device`: a local object is mapped and verified (hashed once per
+        process); others are read and verified."""
         objects = self.store.objects
-        local = objects.local_path(digest)
-        if local is None:
+        if objects.local_path(digest) is None:
             data = objects.read(digest)
             self.bytes_read += len(data)
             return load_safetensors(data)[CANONICAL_KEY].to(device)
-        if digest not in self._verified:
-            self._verified[digest] = self._verifier.submit(objects.verify, digest)
-        self._verified[digest].result()
-        self.bytes_read += objects.size(digest)
-        with safe_open(local, framework="pt", device=str(device)) as source:
-            return source.get_tensor(CANONICAL_KEY)
+        tensor = self._mapped.take(digest)
+        self.bytes_read += tensor.nbytes
+        return tensor if device.type == "cpu" else tensor.to(device)  # factors and weights go up as stored
+
+    def _map(self, digest: str) -> torch.Tensor:
+        path = self.store.objects.local_path(digest)
+        if path is None:  # prefetch and load map local objects only
+            raise NotFoundError(f"object {digest} is not a local file")
+        return map_verified(path, digest)
+
+
+def _fresh(key: BufferKey) -> torch.Tensor:
+    shape, dtype = key
+    return fresh_tensor(shape, dtype)
+
+
+def _fills_buffer(target: Target) -> bool:
+    """Whether computing the target writes a new tensor of the target's dtype (then into a
+    buffer made ahead), rather than handing on a stored tensor or a result made otherwise."""
+    task = target.task
+    if isinstance(task, (LowRankUpdate, Concat, Fill)):
+        return True
+    if isinstance(task, IndexSelect):
+        return task.factors is not None or _leading_run(task.index) < len(task.index)
+    if isinstance(task, Merge):  # its kernel rounds into the target dtype itself
+        return False
+    return task.dtype != target.dtype  # a cast at the end
+
+
+def copy_rows(out: torch.Tensor, value: torch.Tensor) -> None:
+    """`out.copy_(value)` (casting), in row blocks over the cores."""
+    if out.dim() < 2:
+        out.copy_(value)
+        return
+    rows = out.shape[0]
+    step = rows_per_block(rows, out[0].numel() * 4)
+
+    def lines(start: int, stop: int) -> None:
+        out[start:stop].copy_(value[start:stop])
+
+    for_row_blocks(rows, step, lines, out.device)
 
 
 class _Evaluation:
@@ -103,9 +165,12 @@ class _Evaluation:
         self.remaining = uses
         self.shared: dict[Task, torch.Tensor] = {}
 
-    def run(self, task: Task, out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool]:
+    def run(
+        self, task: Task, out_dtype: torch.dtype | None = None, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, bool]:
         """(value, owned): owned values are referenced by nobody else and may be changed in place.
-        `out_dtype` lets a task that can produce its result in that dtype directly do so."""
+        `out_dtype` lets a task that can produce its result in that dtype directly do so; `out`
+        (the target's buffer, for its root task) is where a task that writes a new tensor writes it."""
         if task in self.shared:
             value = self.shared[task]
             self.remaining[task] -= 1
@@ -113,7 +178,7 @@ class _Evaluation:
                 del self.shared[task]
                 return value, True
             return value, False
-        value, owned = self._compute(task, out_dtype)
+        value, owned = self._compute(task, out_dtype, out)
         if self.remaining[task] > 1:
             self.remaining[task] -= 1
             self.shared[task] = value
@@ -126,11 +191,13 @@ class _Evaluation:
             return value, owned
         return value.float(), True
 
-    def _compute(self, task: Task, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
+    def _compute(
+        self, task: Task, out_dtype: torch.dtype | None, out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, bool]:
         if isinstance(task, LowRankUpdate):
-            return self._low_rank(task, out_dtype)
+            return self._low_rank(task, out_dtype, out)
         if isinstance(task, IndexSelect):
-            return self._select(task, out_dtype)
+            return self._select(task, out_dtype, out)
         if isinstance(task, Merge):
             values = [self.run(source)[0] for source in task.sources]
             return task.kernel(values, out_dtype or torch.float32, **dict(task.parameters)), True
@@ -139,7 +206,10 @@ class _Evaluation:
             # into them would fault in a private copy page by page, so they are not "owned".
             return self.executor.load(task.digest, self.device), False
         if isinstance(task, Fill):
-            return torch.full(task.shape, task.value, dtype=to_torch(task.dtype), device=self.device), True
+            dtype = to_torch(task.dtype)
+            if out is None:
+                return torch.full(task.shape, task.value, dtype=dtype, device=self.device), True
+            return out.fill_(torch.tensor(task.value, dtype=dtype).item()), True  # rounded to the task's dtype first
         if isinstance(task, Noise):
             generator = torch.Generator().manual_seed(task.seed)
             return (torch.randn(task.shape, generator=generator) * task.std).to(self.device), True
@@ -153,60 +223,44 @@ class _Evaluation:
             parts = [self.run(part)[0] for part in task.parts]
             if task.dtype == F32:
                 parts = [part.float() for part in parts]
-            return torch.cat(parts, dim=task.dim), True
+            if out is None:
+                return torch.cat(parts, dim=task.dim), True
+            return torch.cat(parts, dim=task.dim, out=out), True
         evaluate = getattr(task, "evaluate", None)
         if evaluate is not None:  # an operator-defined task: it computes itself from float32 inputs
             return evaluate([self._float(child)[0] for child in task.inputs()], self.executor), True
         return self._arithmetic(task)
 
-    def _select(self, task: IndexSelect, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
-        """Picked rows or columns; those with a factor other than 1 are multiplied in float32
-        and rounded to the output dtype, the others are copied as they are (x · 1 is x)."""
+    def _select(
+        self, task: IndexSelect, out_dtype: torch.dtype | None, out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, bool]:
+        """Picked rows or columns, copied as they are (a leading run 0, 1, …, k-1 as one block);
+        those with a factor other than 1 are then multiplied in float32 and rounded to the
+        output dtype (x · 1 is x). Without factors the result keeps the source's dtype."""
         value, _ = self.run(task.src)
-        picked, owned = _index_select(value, task.dim, task.index)
-        if task.factors is None:
-            return picked, owned
-        dtype = out_dtype or torch.float32
-        result = picked.to(dtype, copy=not owned)
-        scaled = [position for position, factor in enumerate(task.factors) if factor != 1]
-        if scaled:
-            positions = torch.tensor(scaled, dtype=torch.long, device=value.device)
-            shape = [1] * picked.dim()
-            shape[task.dim] = -1
-            factors = torch.tensor([task.factors[p] for p in scaled], dtype=torch.float32, device=value.device)
-            products = picked.index_select(task.dim, positions).float().mul_(factors.reshape(shape))
-            result.index_copy_(task.dim, positions, products.to(dtype))
-        return result, True
+        kept = _leading_run(task.index)
+        if task.factors is None and kept == len(task.index):
+            return value.narrow(task.dim, 0, kept), False
+        if out is None:
+            dtype = value.dtype if task.factors is None else (out_dtype or torch.float32)
+            out = torch.empty(task.shape, dtype=dtype, device=value.device)
+        gather(out, value, task.dim, task.index, kept)
+        if task.factors is not None:
+            _scale_lines(out, value, task.dim, task.index, task.factors)
+        return out, True
 
-    def _low_rank(self, task: LowRankUpdate, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, bool]:
-        """base + Σ factor·(b@a)[ᵀ], in blocks of rows: each block's deltas are computed in
-        float32, scaled, added to the base rows and written into the output, whose dtype is
-        the target's. The float32 block buffers are allocated once and reused, so a merge
-        allocates (and page-faults) nothing but its output, whatever the weight's size."""
+    def _low_rank(
+        self, task: LowRankUpdate, out_dtype: torch.dtype | None, out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, bool]:
+        """base + Σ factor·(b@a)[ᵀ] in one pass (`low_rank`), rounded once into the output: the
+        target's buffer, the base itself when it is a float32 result nobody else holds, or new."""
         base, base_owned = self.run(task.base)
         terms = [(self._float(t.b)[0], self._float(t.a)[0], t.factor, t.transpose) for t in task.terms]
-        dtype = out_dtype or torch.float32
-        reuse = base_owned and base.dtype == dtype and base.is_contiguous()
-        out = base if reuse else torch.empty(task.shape, dtype=dtype, device=base.device)
-        rows, cols = task.shape
-        step = min(rows, max(1, _BLOCK_BYTES // max(1, cols * 4)))
-        buffers = torch.empty((2, step * cols), dtype=torch.float32, device=base.device)
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            block, scratch = (buffer[: (stop - start) * cols] for buffer in buffers)
-            for number, (b, a, factor, transpose) in enumerate(terms):
-                part = block if number == 0 else scratch
-                if transpose:  # rows start:stop of (b @ a)ᵀ are columns start:stop of b @ a
-                    part.view(stop - start, cols).copy_((b @ a[:, start:stop]).t())
-                else:
-                    torch.mm(b[start:stop], a, out=part.view(stop - start, cols))
-                part.mul_(factor)
-                if number:
-                    block.add_(scratch)
-            rows_view = block.view(stop - start, cols)
-            rows_view.add_(scratch.view(stop - start, cols).copy_(base[start:stop]))
-            out[start:stop] = rows_view
-        return out, True
+        if out is None:
+            dtype = out_dtype or torch.float32
+            reuse = base_owned and base.dtype == dtype == torch.float32 and base.is_contiguous()
+            out = base if reuse else torch.empty(task.shape, dtype=dtype, device=base.device)
+        return low_rank_update(base, terms, out, exact=self.executor.exact_peft), True
 
     def _arithmetic(self, task: Task) -> tuple[torch.Tensor, bool]:
         if isinstance(task, Add):
@@ -235,15 +289,68 @@ class _Evaluation:
         raise TypeError(f"no executor for {type(task).__name__}")
 
 
-def _index_select(value: torch.Tensor, dim: int, index: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
-    """(`value.index_select(dim, index)`, owned). The leading run 0, 1, …, k-1 that growth
-    operators keep is taken as one slice: gathering most of a matrix's columns one by one
-    is several times slower than copying them as a block."""
-    kept = next((position for position, i in enumerate(index) if position != i), len(index))
-    if kept == len(index):
-        return value.narrow(dim, 0, kept), False
-    rest = value.index_select(dim, torch.tensor(index[kept:], dtype=torch.long, device=value.device))
-    return (torch.cat([value.narrow(dim, 0, kept), rest], dim) if kept else rest), True
+def _leading_run(index: tuple[int, ...]) -> int:
+    """k for the longest prefix 0, 1, …, k-1 of `index` (what growth operators keep in place)."""
+    return next((position for position, i in enumerate(index) if position != i), len(index))
+
+
+def gather(out: torch.Tensor, value: torch.Tensor, dim: int, index: tuple[int, ...], kept: int) -> None:
+    """`out` = `value.index_select(dim, index)` (cast to out's dtype), in row blocks over the cores.
+    The first `kept` lines are the leading run and are copied as one block: gathering most of a
+    matrix's columns one by one is several times slower than copying them."""
+    rest = torch.tensor(index[kept:], dtype=torch.long, device=value.device)
+    rows = out.shape[0]
+    step = rows_per_block(rows, max(1, out[0].numel() if out.dim() > 1 else 1) * 4)
+    if dim == 0:
+
+        def lines(start: int, stop: int) -> None:
+            middle = min(max(start, kept), stop)
+            if middle > start:
+                out[start:middle].copy_(value[start:middle])
+            if stop > middle:
+                _select_into(out[middle:stop], value, 0, rest[middle - kept : stop - kept])
+
+    else:
+
+        def lines(start: int, stop: int) -> None:
+            part = out[start:stop]
+            part.narrow(dim, 0, kept).copy_(value[start:stop].narrow(dim, 0, kept))
+            _select_into(part.narrow(dim, kept, len(rest)), value[start:stop], dim, rest)
+
+    for_row_blocks(rows, step, lines, out.device)
+
+
+def _select_into(out: torch.Tensor, value: torch.Tensor, dim: int, index: torch.Tensor) -> None:
+    if out.dtype == value.dtype:
+        torch.index_select(value, dim, index, out=out)
+    else:  # index_select does not cast
+        out.copy_(value.index_select(dim, index))
+
+
+def _scale_lines(
+    out: torch.Tensor, value: torch.Tensor, dim: int, index: tuple[int, ...], factors: tuple[float, ...]
+) -> None:
+    """Set the lines of `out` along `dim` whose factor is not 1 to their source line in `value`
+    times the factor, computed in float32 and rounded once to out's dtype. Factors that the
+    dtype holds exactly (powers of two, in bfloat16 too) are applied in that dtype: the same
+    rounding, without a float32 copy of the lines."""
+    scaled = [position for position, factor in enumerate(factors) if factor != 1]
+    if not scaled:
+        return
+    device = out.device
+    positions = torch.tensor(scaled, dtype=torch.long, device=device)
+    sources = torch.tensor([index[p] for p in scaled], dtype=torch.long, device=device)
+    shape = [1] * out.dim()
+    shape[dim] = -1
+    wanted = torch.tensor([factors[p] for p in scaled], dtype=torch.float32, device=device).reshape(shape)
+    held = wanted.to(out.dtype)
+    with one_intra_op_thread() if device.type == "cpu" else nullcontext():
+        lines = value.index_select(dim, sources)
+        if lines.dtype == out.dtype and torch.equal(held.float(), wanted):
+            products = torch.mul(lines, held, out=lines)
+        else:
+            products = torch.mul(lines, wanted, out=torch.empty(lines.shape, dtype=out.dtype, device=device))
+        out.index_copy_(dim, positions, products)
 
 
 def peak_bytes_estimate(targets: Iterable[Target]) -> int:

@@ -36,7 +36,7 @@ from weightbank.registry.store import Store
 from .executor import Executor
 from .hf_model import config_object
 from .plan import Plan, refuse_attachments
-from .tasks import Load
+from .tasks import Load, Target
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ class ComposeResult:
     tensors: int
     bytes: int
     new_objects: int
+
+
+def _unchanged(target: Target) -> Load | None:
+    """The stored tensor a target keeps as it is (its object's payload is copied, never computed)."""
+    task = target.task
+    return task if isinstance(task, Load) and task.dtype == target.dtype else None
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -69,18 +75,23 @@ def write_composition(
     max_shard_size: int | str | None = None,
     show_progress: bool = False,
     action: str = "compose",
+    exact_peft: bool = False,
 ) -> ComposeResult:
     """Stream the composed tensors to `out_dir` (a from_pretrained folder) and/or into the
-    store as bank `name` (recorded with `action` in its ref history)."""
+    store as bank `name` (recorded with `action` in its ref history). `exact_peft`: see `Executor`."""
     if name is not None:
         check_ref_name(name)
     refuse_attachments(plan)
-    executor = Executor(store, "cpu")
+    executor = Executor(store, "cpu", exact_peft=exact_peft)
     config_bytes = config_object(plan.config).to_json_string(use_diff=True).encode("utf-8")
     shards = plan_shards({n: (t.dtype, t.nbytes) for n, t in plan.targets.items()}, max_shard_size)
     records: dict[str, TensorRecord] = {}
     created = 0
     total = sum(t.nbytes for t in plan.targets.values())
+    computed = [plan.targets[n] for names in shards.values() for n in names if _unchanged(plan.targets[n]) is None]
+    # Streaming holds about one tensor: objects are mapped ahead by one tensor's bytes at most,
+    # and the computed tensors are dropped once written (buffers made ahead would not be).
+    executor.prefetch(computed, ahead=max((t.nbytes for t in computed), default=0), fresh=False)
     with ExitStack() as stack:
         folder = stack.enter_context(staged_folder(Path(out_dir))) if out_dir is not None else None
         if name is not None:
@@ -94,8 +105,9 @@ def write_composition(
                 entries = layout({n: (t.dtype, t.shape, t.nbytes) for n, t in targets.items()})
                 out.write(encode_header(entries, DEFAULT_METADATA))
             for tensor_name, target in targets.items():
-                if isinstance(target.task, Load) and target.task.dtype == target.dtype:  # passes through unchanged
-                    digest = target.task.digest
+                stored = _unchanged(target)
+                if stored is not None:
+                    digest = stored.digest
                     if out is not None:
                         store.objects.copy_tensor_data(digest, out.fileno(), copier)
                 else:

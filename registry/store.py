@@ -163,7 +163,7 @@ class Store:
         only). NotFoundError if one is already gone: nothing is named, run the command again."""
         if not self.backend.freshens:
             return
-        pending, seen = [target], set()
+        pending, seen, pinned = [target], set(), set[str]()
         lazily: bool | None = None
         while pending:
             digest = pending.pop()
@@ -174,7 +174,8 @@ class Store:
                 raise NotFoundError(f"manifest {digest} went missing (a concurrent gc?): run the command again")
             document = self.manifests.get(digest)
             if document["kind"] == "bank":
-                for obj in Bank(digest, document).object_digests():
+                for obj in Bank(digest, document).object_digests() - pinned:  # versions share most objects
+                    pinned.add(obj)
                     if self.objects.reuse(obj):
                         continue
                     lazily = self._pulled_lazily() if lazily is None else lazily

@@ -1,4 +1,9 @@
-"""adapter.lora merges exactly as PEFT's merge_and_unload, on real models and real adapters."""
+"""adapter.lora merges exactly as PEFT's merge_and_unload, on real models and real adapters.
+
+One adapter's merge is bit-identical to PEFT's whatever its scale (one fused pass where the scale
+is a power of two — r=4, lora_alpha=8 here —, PEFT's arithmetic where it is not: rsLoRA patterns,
+weights); several adapters in one step are one fused product, and `exact_peft=True` makes them
+PEFT's merge of each in turn, bit for bit (composer/low_rank.py, test_low_rank.py)."""
 
 from __future__ import annotations
 
@@ -115,6 +120,16 @@ def test_two_weighted_adapters_are_the_sum_of_weighted_deltas(family: str, tiny_
         ],
     }
     assert_same_model(compose(stepwise, store=registry.store)[0], composed, tolerance=1e-6)
+
+    # exact_peft: PEFT's own merge of both adapters, each at its weight (set_scale), bit for bit.
+    exact, _ = compose(spec, store=registry.store, exact_peft=True)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), first, adapter_name="a")
+    peft_model.load_adapter(second, adapter_name="b")
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale("a", 0.7)
+            module.set_scale("b", -0.4)
+    assert_same_model(exact, peft_model.merge_and_unload(adapter_names=["a", "b"]).eval())
 
 
 def test_weighted_rslora_matches_peft_scaled_merge(tiny_folders, tmp_path: Path) -> None:
