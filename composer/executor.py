@@ -13,6 +13,7 @@ in float32 (read-only).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -136,7 +137,7 @@ def _fills_buffer(target: Target) -> bool:
     if isinstance(task, (LowRankUpdate, Concat, Fill)):
         return True
     if isinstance(task, IndexSelect):
-        return task.factors is not None or _leading_run(task.index) < len(task.index)
+        return task.factors is not None or task.leading_run < len(task.index)
     if isinstance(task, Merge):  # its kernel rounds into the target dtype itself
         return False
     return task.dtype != target.dtype  # a cast at the end
@@ -238,15 +239,13 @@ class _Evaluation:
         those with a factor other than 1 are then multiplied in float32 and rounded to the
         output dtype (x · 1 is x). Without factors the result keeps the source's dtype."""
         value, _ = self.run(task.src)
-        kept = _leading_run(task.index)
+        kept = task.leading_run
         if task.factors is None and kept == len(task.index):
             return value.narrow(task.dim, 0, kept), False
         if out is None:
             dtype = value.dtype if task.factors is None else (out_dtype or torch.float32)
             out = torch.empty(task.shape, dtype=dtype, device=value.device)
-        gather(out, value, task.dim, task.index, kept)
-        if task.factors is not None:
-            _scale_lines(out, value, task.dim, task.index, task.factors)
+        gather(out, value, task.dim, task.index, kept, task.factors)
         return out, True
 
     def _low_rank(
@@ -255,12 +254,15 @@ class _Evaluation:
         """base + Σ factor·(b@a)[ᵀ] in one pass (`low_rank`), rounded once into the output: the
         target's buffer, the base itself when it is a float32 result nobody else holds, or new."""
         base, base_owned = self.run(task.base)
-        terms = [(self._float(t.b)[0], self._float(t.a)[0], t.factor, t.transpose) for t in task.terms]
-        if out is None:
-            dtype = out_dtype or torch.float32
-            reuse = base_owned and base.dtype == dtype == torch.float32 and base.is_contiguous()
-            out = base if reuse else torch.empty(task.shape, dtype=dtype, device=base.device)
-        return low_rank_update(base, terms, out, exact=self.executor.exact_peft), True
+        # The factors are small: widening them in a 2-thread OpenMP region waits on a core the
+        # prefetch threads hold (the weight itself is worked in row blocks over the cores).
+        with one_intra_op_thread() if self.device.type == "cpu" else nullcontext():
+            terms = [(self._float(t.b)[0], self._float(t.a)[0], t.factor, t.transpose) for t in task.terms]
+            if out is None:
+                dtype = out_dtype or torch.float32
+                reuse = base_owned and base.dtype == dtype == torch.float32 and base.is_contiguous()
+                out = base if reuse else torch.empty(task.shape, dtype=dtype, device=base.device)
+            return low_rank_update(base, terms, out, exact=self.executor.exact_peft), True
 
     def _arithmetic(self, task: Task) -> tuple[torch.Tensor, bool]:
         if isinstance(task, Add):
@@ -289,16 +291,21 @@ class _Evaluation:
         raise TypeError(f"no executor for {type(task).__name__}")
 
 
-def _leading_run(index: tuple[int, ...]) -> int:
-    """k for the longest prefix 0, 1, …, k-1 of `index` (what growth operators keep in place)."""
-    return next((position for position, i in enumerate(index) if position != i), len(index))
-
-
-def gather(out: torch.Tensor, value: torch.Tensor, dim: int, index: tuple[int, ...], kept: int) -> None:
-    """`out` = `value.index_select(dim, index)` (cast to out's dtype), in row blocks over the cores.
-    The first `kept` lines are the leading run and are copied as one block: gathering most of a
-    matrix's columns one by one is several times slower than copying them."""
-    rest = torch.tensor(index[kept:], dtype=torch.long, device=value.device)
+def gather(
+    out: torch.Tensor,
+    value: torch.Tensor,
+    dim: int,
+    index: tuple[int, ...],
+    kept: int,
+    factors: tuple[float, ...] | None = None,
+) -> None:
+    """`out` = `value.index_select(dim, index)` (cast to out's dtype), each line whose factor is
+    not 1 then multiplied by it (in float32, rounded once to out's dtype) — in row blocks over
+    the cores. The first `kept` lines are the leading run and are copied as one block: gathering
+    most of a matrix's columns one by one is several times slower than copying them."""
+    device = value.device
+    rest = torch.tensor(index[kept:], dtype=torch.long, device=device)
+    scaling = _Scaling(out, value, index, factors) if factors is not None else None
     rows = out.shape[0]
     step = rows_per_block(rows, max(1, out[0].numel() if out.dim() > 1 else 1) * 4)
     if dim == 0:
@@ -309,6 +316,8 @@ def gather(out: torch.Tensor, value: torch.Tensor, dim: int, index: tuple[int, .
                 out[start:middle].copy_(value[start:middle])
             if stop > middle:
                 _select_into(out[middle:stop], value, 0, rest[middle - kept : stop - kept])
+            if scaling is not None:
+                scaling.rows(out, value, start, stop)
 
     else:
 
@@ -316,6 +325,8 @@ def gather(out: torch.Tensor, value: torch.Tensor, dim: int, index: tuple[int, .
             part = out[start:stop]
             part.narrow(dim, 0, kept).copy_(value[start:stop].narrow(dim, 0, kept))
             _select_into(part.narrow(dim, kept, len(rest)), value[start:stop], dim, rest)
+            if scaling is not None:
+                scaling.lines(part, value[start:stop], dim)
 
     for_row_blocks(rows, step, lines, out.device)
 
@@ -327,30 +338,44 @@ def _select_into(out: torch.Tensor, value: torch.Tensor, dim: int, index: torch.
         out.copy_(value.index_select(dim, index))
 
 
-def _scale_lines(
-    out: torch.Tensor, value: torch.Tensor, dim: int, index: tuple[int, ...], factors: tuple[float, ...]
-) -> None:
-    """Set the lines of `out` along `dim` whose factor is not 1 to their source line in `value`
-    times the factor, computed in float32 and rounded once to out's dtype. Factors that the
-    dtype holds exactly (powers of two, in bfloat16 too) are applied in that dtype: the same
-    rounding, without a float32 copy of the lines."""
-    scaled = [position for position, factor in enumerate(factors) if factor != 1]
-    if not scaled:
-        return
-    device = out.device
-    positions = torch.tensor(scaled, dtype=torch.long, device=device)
-    sources = torch.tensor([index[p] for p in scaled], dtype=torch.long, device=device)
-    shape = [1] * out.dim()
-    shape[dim] = -1
-    wanted = torch.tensor([factors[p] for p in scaled], dtype=torch.float32, device=device).reshape(shape)
-    held = wanted.to(out.dtype)
-    with one_intra_op_thread() if device.type == "cpu" else nullcontext():
-        lines = value.index_select(dim, sources)
-        if lines.dtype == out.dtype and torch.equal(held.float(), wanted):
-            products = torch.mul(lines, held, out=lines)
+class _Scaling:
+    """The lines of a gathered tensor whose factor is not 1 (Net2Net's split neurons), scaled in
+    place block by block. A line is multiplied in float32 and rounded once to out's dtype; where
+    out holds the source lines exactly (same dtype, or float32) they are read back from out, and
+    a factor that the dtype holds exactly (powers of two, in bfloat16 too) is applied in that
+    dtype: the same rounding, without a float32 copy of the lines."""
+
+    def __init__(self, out: torch.Tensor, value: torch.Tensor, index: tuple[int, ...], factors: tuple[float, ...]):
+        device = out.device
+        scaled = [position for position, factor in enumerate(factors) if factor != 1]
+        self.positions = scaled
+        self.at = torch.tensor(scaled, dtype=torch.long, device=device)
+        self.sources = torch.tensor([index[p] for p in scaled], dtype=torch.long, device=device)
+        self.wanted = torch.tensor([factors[p] for p in scaled], dtype=torch.float32, device=device)
+        held = self.wanted.to(out.dtype)
+        self.held = held if torch.equal(held.float(), self.wanted) else None
+        self.from_out = out.dtype in (value.dtype, torch.float32)
+
+    def lines(self, part: torch.Tensor, source: torch.Tensor, dim: int) -> None:
+        """Scale the block `part` (its lines along `dim`; `source`: the same rows of value)."""
+        if self.positions:
+            self._apply(part, source, dim, slice(None), self.at)
+
+    def rows(self, out: torch.Tensor, value: torch.Tensor, start: int, stop: int) -> None:
+        """Scale the rows start:stop of `out` (lines along dim 0)."""
+        first, last = bisect_left(self.positions, start), bisect_left(self.positions, stop)
+        if first < last:
+            self._apply(out[start:stop], value, 0, slice(first, last), self.at[first:last] - start)
+
+    def _apply(self, part: torch.Tensor, source: torch.Tensor, dim: int, which: slice, at: torch.Tensor) -> None:
+        shape = [1] * part.dim()
+        shape[dim] = -1
+        picked = part.index_select(dim, at) if self.from_out else source.index_select(dim, self.sources[which])
+        if self.held is not None and picked.dtype == part.dtype:
+            products = picked.mul_(self.held[which].reshape(shape))
         else:
-            products = torch.mul(lines, wanted, out=torch.empty(lines.shape, dtype=out.dtype, device=device))
-        out.index_copy_(dim, positions, products)
+            products = (picked.float() * self.wanted[which].reshape(shape)).to(part.dtype)
+        part.index_copy_(dim, at, products)
 
 
 def peak_bytes_estimate(targets: Iterable[Target]) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from weightbank.registry.safetensors_format import DTYPE_SIZES
@@ -174,6 +175,11 @@ class IndexSelect(Task):
     @property
     def dtype(self) -> str:
         return self.src.dtype if self.factors is None else F32
+
+    @cached_property
+    def leading_run(self) -> int:
+        """k for the longest prefix 0, 1, …, k-1 of `index` (what growth operators keep in place)."""
+        return next((position for position, i in enumerate(self.index) if position != i), len(self.index))
 
     def inputs(self) -> tuple[Task, ...]:
         return (self.src,)

@@ -53,6 +53,22 @@ def test_out_folder_loads_with_from_pretrained(lora_store: Cli, tmp_path: Path) 
     assert not torch.equal(logits(reloaded), logits(compose("base", store=lora_store.store)[0]))
 
 
+def test_exact_peft_flag_gives_the_api_s_exact_merge(lora_store: Cli, tiny_folders, tmp_path: Path) -> None:
+    base = tiny_folders("llama")
+    second = make_lora(base, tmp_path / "second", seed=6, r=4, lora_alpha=12, target_modules=["q_proj"])
+    lora_store("ingest", second, "--name", "second", "--base", "base")
+    adapters = [{"bank": "lora", "weight": 0.7}, {"bank": "second", "weight": -0.3}]
+    spec = write_spec(tmp_path / "spec.yaml", [{"op": "adapter.lora", "adapters": adapters}])
+    out = tmp_path / "exact"
+    lora_store("compose", spec, "--out", out, "--exact-peft")
+    reloaded = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    exact = compose(str(spec), store=lora_store.store, exact_peft=True)[0].state_dict()
+    fused = compose(str(spec), store=lora_store.store)[0].state_dict()
+    assert reloaded.keys() == exact.keys()
+    assert all(torch.equal(reloaded[key], exact[key]) for key in exact)
+    assert all(torch.allclose(fused[key], exact[key], rtol=0, atol=1e-6) for key in exact)
+
+
 def test_bfloat16_composition(lora_store: Cli, tiny_folders, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "spec.json", [{"op": "adapter.lora", "bank": "lora"}], dtype="bfloat16")
     model, _ = compose(str(spec), store=lora_store.store)

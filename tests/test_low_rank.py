@@ -10,7 +10,7 @@ from peft.tuners.lora.layer import Linear
 from transformers.pytorch_utils import Conv1D
 
 from weightbank.composer import row_blocks
-from weightbank.composer.low_rank import low_rank_update
+from weightbank.composer.low_rank import bfloat16_gemm_is_native, low_rank_update
 
 ROWS, COLS = 384, 520
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -70,6 +70,30 @@ def test_several_adapters_fused_within_gemm_rounding_and_exact_bit_for_bit() -> 
     assert ((fused - expected).abs() <= (rank + 2) * 2.0**-24 * bound).all()  # GEMM rounding, no more
     assert (fused.bfloat16() == expected.bfloat16()).float().mean().item() >= 0.999
     assert torch.equal(low_rank_update(weight, terms, torch.empty_like(weight), exact=True), expected)
+
+
+def test_bfloat16_weight_with_bfloat16_factors_is_the_float32_merge_rounded_once() -> None:
+    """The bf16 GEMM (where the CPU has bf16 instructions) sums the products in its own order:
+    all but a few elements per million are the float32 merge rounded once; the rest are one bf16
+    ulp off, or — where W + ΔW cancels to almost nothing — within the GEMM's float32 rounding.
+    exact=True takes the float32 block: the float32 merge rounded once, bit for bit."""
+    generator = torch.Generator().manual_seed(7)
+    weight = (torch.randn(2048, 1024, generator=generator) * 0.02).bfloat16()
+    b = (torch.randn(2048, 16, generator=generator) * 0.05).bfloat16().float()
+    a = (torch.randn(16, 1024, generator=generator) * 0.05).bfloat16().float()
+    terms = [(b, a, 2.0, False)]
+    expected = low_rank_update(weight.float(), terms, torch.empty(weight.shape)).bfloat16()
+    ours = low_rank_update(weight, terms, torch.empty_like(weight))
+    one_ulp = (expected.float().abs() * 2.0**-7).clamp_min(2.0**-133)
+    gemm_rounding = 18 * 2.0**-24 * (weight.float().abs() + 2 * (b.abs() @ a.abs()))
+    assert ((ours.float() - expected.float()).abs() <= one_ulp + gemm_rounding).all()
+    assert (ours == expected).float().mean().item() >= 0.9999
+    if not bfloat16_gemm_is_native(torch.device("cpu")):
+        assert torch.equal(ours, expected)  # the float32 block: rounded once, bit for bit
+    assert torch.equal(low_rank_update(weight, terms, torch.empty_like(weight), exact=True), expected)
+    scaled = [(b, a, 0.7, False), (b, a, 0.5, False)]  # 0.7 · A is not a bf16 matrix: the float32 block
+    expected = low_rank_update(weight.float(), scaled, torch.empty(weight.shape)).bfloat16()
+    assert torch.equal(low_rank_update(weight, scaled, torch.empty_like(weight)), expected)
 
 
 def test_runs_in_row_blocks_on_the_pool_and_restores_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,7 @@ def worker(kind: str, args: list[str]) -> None:
 
     del PreTrainedModel  # imported for its side effect: transformers' modeling code is loaded before timing
 
-    device, dtype_name, *rest = args
+    device, dtype_name, *rest = args  # device: cpu, cuda, or auto (device_map="auto" for both)
     dtype = getattr(torch, dtype_name)
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
@@ -47,11 +47,14 @@ def worker(kind: str, args: list[str]) -> None:
     if kind in ("from_pretrained", "compose"):
         with torch.no_grad():
             model(torch.arange(16, device=model.device).unsqueeze(0))
-    if device == "cuda":
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    if on_gpu:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": usage / 1024, "import_rss_mb": baseline_rss / 1024}))
+    gpu_peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) if on_gpu else 0
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": usage / 1024, "import_rss_mb": baseline_rss / 1024,
+                      "gpu_peak_mb": gpu_peak / 2**20}))  # fmt: skip
     del model
 
 

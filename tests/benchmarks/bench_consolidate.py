@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -90,7 +89,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
-    print(f"load average before: {os.getloadavg()}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-consolidate-"))
     work.mkdir(parents=True, exist_ok=True)
     small = args.small_layers is not None
@@ -135,7 +133,6 @@ def main() -> None:
     plan, count = planned["seconds"]["plan"], sizes["tensors"]
     print(f"consolidate's own times: {times}; --dry-run: process {dry.seconds:.2f} s, plan {plan * 1000:.0f} ms "
           f"({plan * 1e6 / count:.0f} µs a tensor; {result['computed']} of {count} computed)")  # fmt: skip
-    print(f"load average after: {os.getloadavg()}")
     if args.workdir is None:
         drop_dir(str(work))
 

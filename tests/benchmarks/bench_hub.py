@@ -175,7 +175,6 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=9, help="9 layers ≈ 1.1 GB")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    print(f"load average before: {os.getloadavg()}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-hub-"))
     work.mkdir(parents=True, exist_ok=True)
     model = work / "model"
@@ -204,7 +203,6 @@ def main() -> None:
     finally:
         double.stop()
     report(rows, total, folder_size(model))
-    print(f"load average after: {os.getloadavg()}")
     if args.workdir is None:
         drop_dir(str(work))
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -81,7 +80,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
-    print(f"load average before: {os.getloadavg()}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
     setup = subprocess.run(
@@ -123,7 +121,6 @@ def main() -> None:
     print_pairs([(peer_out, ours_out, 1.0), (peer_device, ours_device, 1.0)])
     print(f"first run, folders ingested on the fly: {first.seconds:.2f} s, {first.peak_rss_mb:.0f} MiB")
     print(comparison.stdout.strip())
-    print(f"load average after: {os.getloadavg()}")
     if args.workdir is None:
         drop_dir(str(work))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -176,7 +175,6 @@ def main() -> None:
     if args.worker:
         {"lstsq": worker_lstsq, "sklearn": worker_sklearn}[args.worker[0]](*args.worker[1:])
         return
-    print(f"load average before: {os.getloadavg()}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-prism-"))
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-c", SETUP, str(args.rows), str(args.d_a), str(args.d_b), str(work)], check=True)
@@ -205,7 +203,6 @@ def main() -> None:
     gaps = weight_gaps(store, work)
     speeds = throughput(store, 8192, 21)
     layout = layout_costs(store, fitted["grid"]["tiles"])
-    print(f"load average after: {os.getloadavg()}")
 
     print(f"\nmachine: {machine()}")
     print("ΔW (rel): max |W_peer − W| / max |W| against weightbank's float64 solve")

@@ -13,7 +13,6 @@ first forward pass's logits, peak RSS of that process; the steps run in turns, m
 from __future__ import annotations
 
 import json
-import os
 from functools import partial
 
 from _measure import drop_dir, interleaved_medians, llama_with_lora, machine, print_pairs, run_worker
@@ -29,7 +28,6 @@ print(json.dumps({"total": sum(sizes), "largest": max(sizes), "seeds": seeds.see
 
 
 def main() -> None:
-    load_before = os.getloadavg()
     args, work, sizes = llama_with_lora(__doc__.splitlines()[0], "wb-bench-scaffold-", SETUP)
     store = str(work / "store")
     # The scaffold is recorded against its pre-decision version: `fuse` appended a decision.
@@ -48,9 +46,7 @@ def main() -> None:
     found = interleaved_medians(args.runs, makers)
     fold = found["compose(base+scaffold.fold)"]
     pairs = [(found["from_pretrained(fused)"], fold, 1.2), (found["compose(base+adapter.lora)"], fold, 1.0)]
-    load_after = os.getloadavg()
     print(f"\nmachine: {machine()}; device {args.device}, dtype {args.dtype}")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(
         f"model: {sizes['total'] / 1e9:.2f} GB, largest tensor {sizes['largest'] / 2**20:.0f} MiB; "
         f"{sizes['seeds']} lora seeds (r = 16), fuse changed {sizes['changed']} tensors"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -111,7 +110,6 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=9, help="layers of both models (9: the big one ≈ 1.07 GB)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    load_before = os.getloadavg()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wb-bench-signing-"))
     trusted = write_key_pair(work / "keys", "release")
     make_tiny_model(work / "tiny", args.layers)
@@ -119,9 +117,7 @@ def main() -> None:
     tiny_line, _, _ = measure_size(work, "tiny", args.runs, trusted)
     big_line, total, wb = measure_size(work, "big", args.runs, trusted)
     plain, signed, peer = measure_export(wb, work / "exported", args.runs, trusted[0])
-    load_after = os.getloadavg()
     print(f"machine: {machine()}")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(tiny_line)
     print(big_line)
     extra = signed.seconds - plain.seconds
