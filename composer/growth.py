@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from .architectures import Layout
 from .model_state import ModelState, PlanProblem
 from .oracle import OracleContext
-from .tasks import Add, Concat, Fill, IndexSelect, Noise, Slice, Task
+from .tasks import Add, Concat, Fill, Noise, Slice, Task, select
 
 
 def int_parameter(step: dict[str, Any], key: str) -> int:
@@ -106,7 +106,7 @@ def select_with_noise(
 ) -> Task:
     """`task` indexed along `axis`; with noise, added to the entries after the first `kept`
     (the copies), never to the originals."""
-    grown: Task = IndexSelect(task, axis, index)
+    grown = select(task, axis, index)
     if noise is None:
         return grown
     return Concat((Slice(grown, axis, 0, kept), noise.add(Slice(grown, axis, kept, len(index)), label)), axis)

@@ -185,6 +185,16 @@ class IndexSelect(Task):
         return (self.src,)
 
 
+def select(src: Task, dim: int, index: tuple[int, ...], factors: tuple[float, ...] | None = None) -> Task:
+    """`IndexSelect(src, dim, index, factors)`, or the `Fill` it equals when `src` is one: lines
+    picked from a constant are that constant, and zeros scaled by non-negative factors stay zeros
+    (a new identity block widened by Net2Net: nothing to gather)."""
+    selected = IndexSelect(src, dim, index, factors)
+    if isinstance(src, Fill) and (factors is None or (src.value == 0 and all(f >= 0 for f in factors))):
+        return Fill(selected.shape, src.value, selected.dtype)
+    return selected
+
+
 @dataclass(frozen=True)
 class Concat(Task):
     parts: tuple[Task, ...]

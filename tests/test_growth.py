@@ -348,3 +348,22 @@ def test_planner_ranks_exact_counts_and_expand_applies_them(family_stores, wb: C
     assert table[0]["parameters"] == found[0].parameters
     made = json.loads(wb("expand", "l", "--name", "l-big", "--plan", "0", "--target-params", "200K", "--json").stdout)
     assert made["parameters"] == table[0]["parameters"] and made["steps"] == table[0]["steps"]
+
+
+def test_new_identity_blocks_widened_by_net2net_are_planned_as_zeros(family_stores) -> None:
+    """A zero writer of a new block, widened with Net2Net's split factors, is still zeros: the
+    plan fills it instead of gathering and scaling a zero matrix."""
+    from weightbank.composer.plan import make_plan
+    from weightbank.composer.tasks import Fill
+
+    registry = family_stores["llama"]
+    steps = [{"op": "expand.depth", "layers": 4}, {"op": "expand.ffn", "size": 192}]
+    expand(registry.store, "base", "llama-zero-writers", steps)
+    plan = make_plan(registry.store, "llama-zero-writers")
+    model, _ = compose("llama-zero-writers", store=registry.store)
+    weights = dict(model.named_parameters())
+    down = [name for name in plan.targets if name.endswith("mlp.down_proj.weight")]
+    zero = [name for name in down if not weights[name].any()]
+    assert len(zero) == 2 and len(down) == 4  # two new blocks of four
+    assert all(isinstance(plan.targets[name].task, Fill) and plan.targets[name].task.value == 0 for name in zero)
+    assert all(weights[name].shape[1] == 192 for name in down)

@@ -36,7 +36,7 @@ from ..growth import (
     with_config,
 )
 from ..model_state import BankSource, ModelState, PlanProblem, check_parameters
-from ..tasks import Add, IndexSelect, Task
+from ..tasks import Add, IndexSelect, Task, select
 
 NAME = "expand.ffn"
 oracle = source_is_oracle  # the step preserves the function
@@ -85,7 +85,7 @@ def apply(state: ModelState, step: dict[str, Any], source: BankSource) -> ModelS
         if factors is None:
             tensors[weight] = append(tensors[weight], axis, new_size - size)
             continue
-        grown: Task = IndexSelect(tensors[weight], axis, index, tuple(factors))
+        grown = select(tensors[weight], axis, index, tuple(factors))
         tensors[weight] = _pair_noise(grown, axis, size, picks, noise, weight) if noise else grown
     return ModelState(with_config(state, **{layout.key("intermediate"): new_size}), tensors)
 
