@@ -31,7 +31,8 @@ from .signing_commands import trust_options
 @click.option(
     "--exact-peft",
     is_flag=True,
-    help="LoRA merges follow PEFT's arithmetic bit for bit (about 1.5x slower; power-of-two scales match anyway).",
+    help="LoRA merges follow PEFT's arithmetic bit for bit also where the fused pass would not (several adapters "
+    "on one weight, bf16 GEMM merges); slower.",
 )
 @trust_options
 @json_option

@@ -57,8 +57,9 @@ def compose(
 ) -> tuple[PreTrainedModel, Any]:
     """Build the model a composition describes, tensor by tensor, on `device`
     (`cpu`, `cuda`, `cuda:N`, or `auto` to spread it with accelerate), in `dtype`.
-    `exact_peft`: LoRA merges follow PEFT's own arithmetic bit for bit, instead of one fused
-    pass that matches it bit for bit only for power-of-two scales (docs/composer.md).
+    `exact_peft`: LoRA merges follow PEFT's own arithmetic bit for bit everywhere; by default
+    one adapter is PEFT's merge bit for bit and several on one weight are one fused product,
+    equal to float32 rounding (docs/composer.md).
 
     `spec` is a composition manifest (dict, or a JSON/YAML file) or a bank ref. Returns the
     model (in eval mode) and the base bank's tokenizer (None if it has none).
